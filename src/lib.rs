@@ -1,0 +1,15 @@
+//! A Rust re-implementation of Patroni: PostgreSQL high availability on a DCS.
+
+pub mod api;
+pub mod config;
+pub mod ctl;
+pub mod dcs;
+pub mod executor;
+pub mod ha;
+pub mod postgres;
+pub mod runtime;
+pub mod status;
+
+/// The Patroni version we advertise in member keys and /patroni. Upstream peers gate
+/// behaviour on it (dotted ints), so we advertise a value >= the upstream we coexist with.
+pub const PATRONI_VERSION: &str = "4.1.0";

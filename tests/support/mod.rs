@@ -1,0 +1,130 @@
+//! Process harness for integration tests: free loopback ports, temp dirs owned by the
+//! unprivileged user, children killed by PID (process group) on drop, `eventually`.
+#![allow(dead_code)]
+
+pub mod etcd;
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A loopback port nobody listens on right now. Ports are handed out from a per-process
+/// counter offset by PID so parallel test binaries do not collide.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 400) as u16 * 100;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::SeqCst) % 100;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// The uid/gid PostgreSQL and our daemon run as: `postgres` when we are root, else ourselves.
+pub fn run_as() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let u = nix::unistd::User::from_name("postgres").ok().flatten().expect("user postgres exists");
+    Some((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// A temp dir that the unprivileged user owns (so initdb can write into it).
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new(prefix: &str) -> TestDir {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
+        chown_for_postgres(dir.path());
+        TestDir { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    /// Keep the directory after the test (for debugging a failure).
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+}
+
+pub fn chown_for_postgres(p: &Path) {
+    if let Some((uid, gid)) = run_as() {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+    }
+}
+
+/// A child process killed (SIGKILL to its whole process group) when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    /// Spawn in its own process group; as root, drop to the postgres user when `unprivileged`.
+    pub fn spawn(name: &str, mut cmd: Command, unprivileged: bool, log: &Path) -> ChildGuard {
+        let out = std::fs::File::create(log).expect("log file");
+        chown_for_postgres(log);
+        cmd.stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null());
+        cmd.process_group(0);
+        if unprivileged && let Some((uid, gid)) = run_as() {
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        ChildGuard { child, name: name.to_string() }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig);
+    }
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Whole group: the daemon and any postmaster it started share it unless they setsid.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `probe` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Wait until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_port(port: u16, timeout: Duration) {
+    eventually(timeout, &format!("port {port} to accept connections"), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+}
