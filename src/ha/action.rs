@@ -1,0 +1,84 @@
+//! Every side effect the HA core can ask for. The executor turns these into DCS and
+//! PostgreSQL calls; conditional steps (lock races) carry both continuations so the
+//! decision stays pure and testable.
+
+use super::observation::Job;
+use crate::dcs::{History, PgState, Role};
+use crate::postgres::types::{StopMode, UpstreamConn};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create the leader key; run `won` or `lost` depending on the outcome.
+    AcquireLock { won: Branch, lost: Branch },
+    /// Refresh our leader key (and write `status` with our optime); `lost` if it is no longer ours
+    /// or the DCS failed.
+    UpdateLock { held: Branch, lost: Branch },
+    /// Delete our leader key (only if still ours).
+    ReleaseLock,
+    /// Race for `initialize` (create if absent).
+    RaceInitialize { won: Branch, lost: Branch },
+    /// Store the system identifier in `initialize`.
+    SetInitialize { sysid: String },
+    /// Delete `initialize` after a failed bootstrap.
+    CancelInitialize,
+    /// Write `config` from bootstrap.dcs (only when absent).
+    WriteBootstrapConfig,
+    /// Rewrite `history` from the timeline history files (leader after a promotion).
+    UpdateHistory {
+        current: Option<History>,
+        timeline: u32,
+    },
+    /// Clear a stale `failover` key.
+    ClearFailover { version: i64 },
+    /// Start a background job (the slot is free).
+    StartJob(Job),
+    /// Stop PostgreSQL.
+    Stop { mode: StopMode },
+    /// Promote a standby to primary.
+    Promote,
+    /// Point a running standby at a (new) upstream: rewrite its config and reload.
+    Follow { upstream: Option<UpstreamConn> },
+    /// Remove the data directory (before a fresh basebackup).
+    RemoveDataDir,
+    /// Create missing physical replication slots (primary).
+    CreateSlots(Vec<String>),
+    /// Drop physical slots of members that are gone (primary).
+    DropSlots(Vec<String>),
+}
+
+/// A continuation: more actions and the cycle's message if that branch is taken.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Branch {
+    pub actions: Vec<Action>,
+    pub message: String,
+    /// Role to publish if this branch is taken (None: keep the decision's).
+    pub role: Option<Role>,
+}
+
+impl Branch {
+    pub fn new(message: impl Into<String>, actions: Vec<Action>) -> Branch {
+        Branch {
+            actions,
+            message: message.into(),
+            role: None,
+        }
+    }
+    pub fn with_role(mut self, role: Role) -> Branch {
+        self.role = Some(role);
+        self
+    }
+}
+
+/// What one cycle decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// Upstream-style one-line summary ("no action. I am (pg0), the leader with the lock").
+    pub message: String,
+    /// Role published to the REST API *before* actions run (so HAProxy sees 503 first).
+    pub role: Role,
+    /// State written to our member key.
+    pub state: PgState,
+    /// Whether to write our member key this cycle.
+    pub touch_member: bool,
+}

@@ -1,0 +1,120 @@
+//! Nobody holds the leader key: race for it if we are the healthiest member.
+
+use super::{Action, Branch, Decision, Memory, Observation, decision, leader};
+use crate::dcs::{Cluster, PgState, Role};
+use crate::postgres::types::StopMode;
+
+/// The runtime asks peers for their /patroni only when an election is on.
+pub fn needs_peers(obs: &Observation) -> bool {
+    matches!(&obs.dcs, super::DcsView::Ok(c) if c.is_unlocked())
+        && obs.pg.is_healthy()
+        && !obs.config.nofailover()
+        && matches!(obs.job, super::JobState::Idle)
+}
+
+pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
+    let sql = obs.pg.sql.as_ref().expect("healthy");
+    let me = obs.config.name.as_str();
+    if let Err(why) = is_healthiest(obs, cluster) {
+        if !sql.in_recovery {
+            // A primary without the lock that may not lead must stop accepting writes.
+            return decision(
+                obs,
+                format!("demoting self because I am not the healthiest node ({why})"),
+                vec![Action::Stop {
+                    mode: StopMode::Fast,
+                }],
+                Role::Demoted,
+                PgState::Stopping,
+            );
+        }
+        return decision(
+            obs,
+            format!("following a different leader because i am not the healthiest node ({why})"),
+            vec![],
+            Role::Replica,
+            PgState::Running,
+        );
+    }
+    let (won_msg, mut won_actions) = if sql.in_recovery {
+        mem.divergence = None;
+        (
+            "promoted self to leader by acquiring session lock".to_string(),
+            vec![Action::Promote],
+        )
+    } else {
+        (
+            "acquired session lock as a leader".to_string(),
+            leader::primary_housekeeping(obs, cluster),
+        )
+    };
+    if let Some(f) = &cluster.failover {
+        won_actions.push(Action::ClearFailover { version: f.version });
+    }
+    let won = Branch::new(won_msg, won_actions).with_role(Role::Primary);
+    let lost = Branch::new(format!("{me} lost the leader race"), vec![])
+        .with_role(current_replica_role(sql));
+    decision(
+        obs,
+        String::new(),
+        vec![Action::AcquireLock { won, lost }],
+        current_replica_role(sql),
+        PgState::Running,
+    )
+}
+
+fn current_replica_role(sql: &crate::postgres::types::SqlObservation) -> Role {
+    if sql.in_recovery {
+        Role::Replica
+    } else {
+        Role::Primary
+    }
+}
+
+/// Upstream's `_is_healthiest_node`: may we take over? `Err(reason)` if not.
+pub(super) fn is_healthiest(obs: &Observation, cluster: &Cluster) -> Result<(), String> {
+    let cfg = &obs.config;
+    if cfg.nofailover() {
+        return Err("tagged nofailover".into());
+    }
+    let sql = obs
+        .pg
+        .sql
+        .as_ref()
+        .ok_or("PostgreSQL is not accepting connections")?;
+    let my_wal = sql.wal_lsn;
+    if sql.in_recovery
+        && let Some(leader_optime) = cluster.status.optime
+        && leader_optime.saturating_sub(my_wal) > cfg.maximum_lag_on_failover
+    {
+        return Err(format!(
+            "my wal position exceeds maximum replication lag ({} bytes behind the last known leader position)",
+            leader_optime - my_wal
+        ));
+    }
+    for peer in &obs.peers {
+        let Some(r) = &peer.reply else { continue };
+        if peer.name == cfg.name {
+            continue;
+        }
+        if r.is_primary {
+            return Err(format!("primary '{}' is still alive", peer.name));
+        }
+        if r.nofailover || r.watchdog_failed {
+            continue;
+        }
+        if r.wal_position > my_wal {
+            return Err(format!(
+                "'{}' has a more recent WAL position ({} > {my_wal})",
+                peer.name, r.wal_position
+            ));
+        }
+        if r.wal_position == my_wal && r.failover_priority > cfg.failover_priority() {
+            return Err(format!(
+                "'{}' has the same WAL position and a higher failover_priority",
+                peer.name
+            ));
+        }
+    }
+    Ok(())
+}

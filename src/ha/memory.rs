@@ -1,0 +1,28 @@
+//! The few facts the HA core keeps across cycles.
+
+use super::observation::Divergence;
+use crate::dcs::Role;
+use crate::postgres::types::UpstreamConn;
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Memory {
+    /// We held the leader key at the end of the last cycle.
+    pub has_lock: bool,
+    /// Role we last published (kept while PostgreSQL is down, for the member key).
+    pub last_role: Role,
+    /// Result of the last divergence check, and against which upstream it was made.
+    pub divergence: Option<(UpstreamConn, Divergence)>,
+    /// A rewind failed; do not loop on it.
+    pub rewind_failed: bool,
+    /// When PostgreSQL was last seen running without accepting connections (ms), to bound
+    /// how long a crashed primary may take to come back.
+    pub unhealthy_since_ms: Option<u64>,
+}
+
+impl Memory {
+    /// Forget per-upstream facts (after the data dir changed under us).
+    pub fn reset_rewind_state(&mut self) {
+        self.divergence = None;
+        self.rewind_failed = false;
+    }
+}

@@ -1,0 +1,201 @@
+//! A node that is not (or should not be) the primary: start, rewind, follow.
+
+use super::{
+    Action, Branch, Decision, Divergence, Job, Memory, Observation, decision, slots, upstream_of,
+};
+use crate::dcs::{Cluster, PgState, Role};
+use crate::postgres::types::{ConfigRole, ControlData, DataDirState, StopMode, UpstreamConn};
+
+/// PostgreSQL is not running and the data directory is initialised.
+pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
+    let me = obs.config.name.as_str();
+    let control = match &obs.pg.data_dir {
+        DataDirState::Initialized(c) => c.clone(),
+        _ => ControlData::default(),
+    };
+    match cluster.leader_name() {
+        Some(leader) if leader == me => {
+            // The lock holds: restart in place, no failover (a crashed postmaster).
+            if was_primary(&control) {
+                let held = Branch::new(
+                    "starting primary after failure",
+                    vec![Action::StartJob(Job::Start {
+                        role: ConfigRole::Primary,
+                    })],
+                );
+                let lost = Branch::new("lost the leader lock while PostgreSQL was down", vec![]);
+                return decision(
+                    obs,
+                    String::new(),
+                    vec![Action::UpdateLock { held, lost }],
+                    Role::Primary,
+                    PgState::Stopped,
+                );
+            }
+            // A standby's data dir under our lock: do not promote blindly, let others race.
+            decision(
+                obs,
+                "releasing the leader key: PostgreSQL is down and its data is a standby's".into(),
+                vec![Action::ReleaseLock],
+                Role::Replica,
+                PgState::Stopped,
+            )
+        }
+        Some(leader) => match upstream_of(cluster, leader) {
+            Some(up) => start_following(obs, cluster, mem, &control, up),
+            None => start_standby(
+                obs,
+                None,
+                format!("starting as a secondary; leader '{leader}' has no address yet"),
+            ),
+        },
+        None => start_standby(
+            obs,
+            None,
+            "starting as a secondary (the cluster has no leader)".into(),
+        ),
+    }
+}
+
+fn was_primary(c: &ControlData) -> bool {
+    matches!(c.cluster_state.as_str(), "in production" | "shut down")
+}
+
+/// Decide between starting right away, checking divergence, rewinding, or re-cloning.
+fn start_following(
+    obs: &Observation,
+    cluster: &Cluster,
+    mem: &mut Memory,
+    control: &ControlData,
+    up: UpstreamConn,
+) -> Decision {
+    let leader_tl = cluster
+        .member(&up.member)
+        .and_then(|m| m.data.timeline)
+        .or(cluster.timeline());
+    let may_have_diverged = was_primary(control) || leader_tl.is_some_and(|t| t > control.timeline);
+    if !may_have_diverged {
+        return start_standby(obs, Some(up), "starting as a secondary".into());
+    }
+    let checked = mem
+        .divergence
+        .as_ref()
+        .filter(|(u, _)| *u == up)
+        .map(|(_, d)| d.clone());
+    let job_decision = |job, msg: String| {
+        decision(
+            obs,
+            msg,
+            vec![Action::StartJob(job)],
+            Role::Replica,
+            PgState::Stopped,
+        )
+    };
+    match checked {
+        None => job_decision(
+            Job::CheckDivergence { from: up.clone() },
+            format!(
+                "checking whether my timeline diverged from leader '{}'",
+                up.member
+            ),
+        ),
+        Some(Divergence::NotDiverged) => {
+            start_standby(obs, Some(up), "starting as a secondary".into())
+        }
+        Some(Divergence::Diverged(why)) if obs.config.use_pg_rewind && !mem.rewind_failed => {
+            job_decision(
+                Job::Rewind { from: up.clone() },
+                format!("running pg_rewind from '{}' ({why})", up.member),
+            )
+        }
+        Some(Divergence::Diverged(why))
+            if obs.config.remove_data_directory_on_diverged_timelines =>
+        {
+            mem.reset_rewind_state();
+            decision(
+                obs,
+                format!(
+                    "removing the data directory: it diverged from the leader ({why}) and pg_rewind is not possible"
+                ),
+                vec![Action::RemoveDataDir],
+                Role::Replica,
+                PgState::Stopped,
+            )
+        }
+        Some(Divergence::Diverged(why)) => decision(
+            obs,
+            format!(
+                "my timeline diverged from leader '{}' ({why}); not starting (enable use_pg_rewind or \
+                 remove_data_directory_on_diverged_timelines)",
+                up.member
+            ),
+            vec![],
+            Role::Replica,
+            PgState::Stopped,
+        ),
+        Some(Divergence::Unknown(why)) => {
+            mem.divergence = None;
+            decision(
+                obs,
+                format!("could not check timeline divergence ({why}); will retry"),
+                vec![],
+                Role::Replica,
+                PgState::Stopped,
+            )
+        }
+    }
+}
+
+fn start_standby(obs: &Observation, up: Option<UpstreamConn>, msg: String) -> Decision {
+    let slot_name = up
+        .as_ref()
+        .filter(|_| obs.config.use_slots)
+        .map(|_| slots::slot_name(&obs.config.name));
+    let role = ConfigRole::Standby {
+        upstream: up,
+        slot_name,
+    };
+    decision(
+        obs,
+        msg,
+        vec![Action::StartJob(Job::Start { role })],
+        Role::Replica,
+        PgState::Starting,
+    )
+}
+
+/// Healthy PostgreSQL, somebody else holds the lock.
+pub(super) fn follow_leader(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
+    let me = obs.config.name.as_str();
+    let leader = cluster.leader_name().unwrap_or_default().to_string();
+    let sql = obs.pg.sql.as_ref().expect("healthy");
+    if !sql.in_recovery {
+        // Two primaries must never both accept writes: stop now, rejoin next cycle.
+        mem.divergence = None;
+        return decision(
+            obs,
+            format!(
+                "demoting self because I do not have the lock and I was a leader (leader is '{leader}')"
+            ),
+            vec![Action::Stop {
+                mode: StopMode::Fast,
+            }],
+            Role::Demoted,
+            PgState::Stopping,
+        );
+    }
+    let up = upstream_of(cluster, &leader);
+    let target = up.as_ref().map(|u| (u.host.clone(), u.port));
+    let mut actions = vec![];
+    if up.is_some() && obs.pg.configured_primary != target {
+        actions.push(Action::Follow {
+            upstream: up.clone(),
+        });
+    }
+    let msg = if actions.is_empty() {
+        format!("no action. I am ({me}), a secondary, and following a leader ({leader})")
+    } else {
+        format!("following new leader '{leader}'")
+    };
+    decision(obs, msg, actions, Role::Replica, PgState::Running)
+}

@@ -1,0 +1,69 @@
+//! Physical replication slots the primary keeps for its members.
+
+use super::Action;
+use crate::dcs::Cluster;
+use crate::postgres::types::SqlObservation;
+
+/// Upstream's slot_name_from_member_name: lower case, anything outside [a-z0-9_] -> '_',
+/// at most 63 bytes.
+pub fn slot_name(member: &str) -> String {
+    let mut s: String = member
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s
+}
+
+/// Create slots for every other member that streams from us; drop inactive physical slots
+/// of members that left the cluster.
+pub fn slot_actions(me: &str, cluster: &Cluster, sql: &SqlObservation) -> Vec<Action> {
+    let wanted: Vec<String> = cluster
+        .members
+        .iter()
+        .filter(|m| m.name != me && !m.data.tag_bool("nostream"))
+        .map(|m| slot_name(&m.name))
+        .collect();
+    let physical: Vec<&str> = sql
+        .slots
+        .iter()
+        .filter(|s| s.slot_type == "physical")
+        .map(|s| s.name.as_str())
+        .collect();
+    let create: Vec<String> = wanted
+        .iter()
+        .filter(|w| !physical.contains(&w.as_str()))
+        .cloned()
+        .collect();
+    let drop: Vec<String> = sql
+        .slots
+        .iter()
+        .filter(|s| s.slot_type == "physical" && !s.active && !wanted.contains(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    let mut out = vec![];
+    if !create.is_empty() {
+        out.push(Action::CreateSlots(create));
+    }
+    if !drop.is_empty() {
+        out.push(Action::DropSlots(drop));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn names() {
+        assert_eq!(slot_name("PostgreSQL-0.node"), "postgresql_0_node");
+        assert_eq!(slot_name(&"a".repeat(70)).len(), 63);
+    }
+}

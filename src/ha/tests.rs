@@ -1,0 +1,490 @@
+//! Table-driven tests of the HA decisions over built observations.
+
+use super::*;
+use crate::dcs::{Cluster, Failover, Leader, Member, MemberData, Status};
+use crate::postgres::types::{
+    ConfigRole, ControlData, DataDirState, PgObservation, SlotInfo, SqlObservation,
+};
+use std::sync::Arc;
+
+fn cfg() -> HaConfig {
+    HaConfig {
+        name: "pg0".into(),
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        maximum_lag_on_failover: 1_048_576,
+        use_pg_rewind: true,
+        use_slots: true,
+        remove_data_directory_on_rewind_failure: false,
+        remove_data_directory_on_diverged_timelines: false,
+        tags: Default::default(),
+    }
+}
+
+fn member(name: &str, port: u16) -> Member {
+    Member {
+        name: name.into(),
+        version: 1,
+        session: None,
+        data: MemberData {
+            conn_url: Some(format!("postgres://127.0.0.1:{port}/postgres")),
+            api_url: Some(format!("http://127.0.0.1:{}/patroni", port + 3000)),
+            ..Default::default()
+        },
+    }
+}
+
+/// A cluster with members pg0..pg2, initialised, with the given leader.
+fn cluster(leader: Option<&str>) -> Cluster {
+    Cluster {
+        initialize: Some("42".into()),
+        leader: leader.map(|l| Leader {
+            name: l.into(),
+            version: 3,
+            session: None,
+        }),
+        members: vec![
+            member("pg0", 5432),
+            member("pg1", 5433),
+            member("pg2", 5434),
+        ],
+        ..Default::default()
+    }
+}
+
+fn control(state: &str, tl: u32) -> DataDirState {
+    DataDirState::Initialized(ControlData {
+        system_identifier: "42".into(),
+        cluster_state: state.into(),
+        timeline: tl,
+        ..Default::default()
+    })
+}
+
+fn primary_pg(lsn: u64) -> PgObservation {
+    PgObservation {
+        data_dir: control("in production", 1),
+        postmaster_pid: Some(100),
+        sql: Some(SqlObservation {
+            in_recovery: false,
+            timeline: 1,
+            wal_lsn: lsn,
+            system_identifier: "42".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn replica_pg(lsn: u64, following: Option<u16>) -> PgObservation {
+    PgObservation {
+        data_dir: control("in archive recovery", 1),
+        postmaster_pid: Some(100),
+        sql: Some(SqlObservation {
+            in_recovery: true,
+            timeline: 1,
+            wal_lsn: lsn,
+            system_identifier: "42".into(),
+            ..Default::default()
+        }),
+        configured_primary: following.map(|p| ("127.0.0.1".to_string(), p)),
+        standby_signal: true,
+        ..Default::default()
+    }
+}
+
+fn stopped_pg(state: &str) -> PgObservation {
+    PgObservation {
+        data_dir: control(state, 1),
+        ..Default::default()
+    }
+}
+
+fn obs(c: Cluster, pg: PgObservation) -> Observation {
+    Observation {
+        now_ms: 1_000,
+        config: cfg(),
+        dcs: DcsView::Ok(Arc::new(c)),
+        pg,
+        job: JobState::Idle,
+        peers: vec![],
+    }
+}
+
+fn peer(name: &str, wal: u64, primary: bool) -> PeerStatus {
+    PeerStatus {
+        name: name.into(),
+        reply: Some(PeerReply {
+            is_primary: primary,
+            wal_position: wal,
+            timeline: Some(1),
+            nofailover: false,
+            failover_priority: 1,
+            watchdog_failed: false,
+        }),
+    }
+}
+
+fn run(o: &Observation) -> Decision {
+    decide(o, &mut Memory::default())
+}
+
+fn only(d: &Decision) -> &Action {
+    assert_eq!(d.actions.len(), 1, "expected one action: {d:#?}");
+    &d.actions[0]
+}
+
+#[test]
+fn empty_dir_races_for_initialize_on_new_cluster() {
+    let mut c = cluster(None);
+    c.initialize = None;
+    let d = run(&obs(c, PgObservation::default()));
+    match only(&d) {
+        Action::RaceInitialize { won, lost } => {
+            assert_eq!(won.actions, vec![Action::StartJob(Job::Bootstrap)]);
+            assert!(lost.actions.is_empty());
+        }
+        a => panic!("{a:?}"),
+    }
+    assert_eq!(d.role, Role::Uninitialized);
+}
+
+#[test]
+fn empty_dir_waits_when_initialized_without_leader() {
+    let d = run(&obs(cluster(None), PgObservation::default()));
+    assert!(d.actions.is_empty());
+    assert!(
+        d.message.contains("waiting for leader to bootstrap"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn empty_dir_clones_from_leader() {
+    let d = run(&obs(cluster(Some("pg1")), PgObservation::default()));
+    match only(&d) {
+        Action::StartJob(Job::Basebackup { from }) => {
+            assert_eq!((from.port, from.member.as_str()), (5433, "pg1"))
+        }
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn bootstrap_success_publishes_and_takes_lock() {
+    let mut o = obs(cluster(None), primary_pg(100));
+    o.job = JobState::Finished(Job::Bootstrap, JobOutcome::Ok);
+    let d = run(&o);
+    assert_eq!(d.actions[0], Action::SetInitialize { sysid: "42".into() });
+    assert_eq!(d.actions[1], Action::WriteBootstrapConfig);
+    assert!(matches!(d.actions[2], Action::AcquireLock { .. }));
+}
+
+#[test]
+fn bootstrap_failure_cleans_up() {
+    let mut o = obs(cluster(None), PgObservation::default());
+    o.job = JobState::Finished(Job::Bootstrap, JobOutcome::Failed("initdb: boom".into()));
+    let d = run(&o);
+    assert!(
+        d.actions.contains(&Action::RemoveDataDir) && d.actions.contains(&Action::CancelInitialize)
+    );
+    assert_eq!(d.state, PgState::InitdbFailed);
+}
+
+#[test]
+fn leader_refreshes_lock_and_demotes_if_lost() {
+    let d = run(&obs(cluster(Some("pg0")), primary_pg(100)));
+    match only(&d) {
+        Action::UpdateLock { held, lost } => {
+            assert_eq!(
+                held.message,
+                "no action. I am (pg0), the leader with the lock"
+            );
+            assert!(
+                held.actions
+                    .contains(&Action::CreateSlots(vec!["pg1".into(), "pg2".into()]))
+            );
+            assert_eq!(
+                lost.actions,
+                vec![Action::Stop {
+                    mode: StopMode::Immediate
+                }]
+            );
+            assert_eq!(lost.role, Some(Role::Demoted));
+        }
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn leader_drops_slots_of_departed_members_only_when_inactive() {
+    let mut pg = primary_pg(100);
+    let slot = |n: &str, active| SlotInfo {
+        name: n.into(),
+        slot_type: "physical".into(),
+        active,
+        restart_lsn: None,
+    };
+    pg.sql.as_mut().unwrap().slots = vec![
+        slot("pg1", true),
+        slot("pg2", true),
+        slot("gone", false),
+        slot("busy", true),
+    ];
+    let d = run(&obs(cluster(Some("pg0")), pg));
+    let Action::UpdateLock { held, .. } = only(&d) else {
+        panic!()
+    };
+    assert_eq!(held.actions, vec![Action::DropSlots(vec!["gone".into()])]);
+}
+
+#[test]
+fn leader_in_recovery_promotes() {
+    let d = run(&obs(cluster(Some("pg0")), replica_pg(100, Some(5433))));
+    let Action::UpdateLock { held, .. } = only(&d) else {
+        panic!()
+    };
+    assert_eq!(held.actions, vec![Action::Promote]);
+}
+
+#[test]
+fn new_leader_writes_history_after_promotion() {
+    let mut pg = primary_pg(100);
+    pg.sql.as_mut().unwrap().timeline = 2;
+    let d = run(&obs(cluster(Some("pg0")), pg));
+    let Action::UpdateLock { held, .. } = only(&d) else {
+        panic!()
+    };
+    assert!(
+        matches!(held.actions[0], Action::UpdateHistory { timeline: 2, .. }),
+        "{:?}",
+        held.actions
+    );
+}
+
+#[test]
+fn crashed_primary_with_lock_restarts_in_place() {
+    let d = run(&obs(cluster(Some("pg0")), stopped_pg("in production")));
+    let Action::UpdateLock { held, .. } = only(&d) else {
+        panic!()
+    };
+    assert_eq!(
+        held.actions,
+        vec![Action::StartJob(Job::Start {
+            role: ConfigRole::Primary
+        })]
+    );
+    assert_eq!(held.message, "starting primary after failure");
+}
+
+#[test]
+fn replica_follows_leader_and_repoints_when_leader_changes() {
+    let d = run(&obs(cluster(Some("pg1")), replica_pg(100, Some(5433))));
+    assert!(d.actions.is_empty());
+    assert_eq!(
+        d.message,
+        "no action. I am (pg0), a secondary, and following a leader (pg1)"
+    );
+    let d = run(&obs(cluster(Some("pg2")), replica_pg(100, Some(5433))));
+    match only(&d) {
+        Action::Follow { upstream: Some(u) } => assert_eq!(u.port, 5434),
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn primary_without_lock_demotes() {
+    let d = run(&obs(cluster(Some("pg1")), primary_pg(100)));
+    assert_eq!(
+        only(&d),
+        &Action::Stop {
+            mode: StopMode::Fast
+        }
+    );
+    assert_eq!(d.role, Role::Demoted);
+}
+
+#[test]
+fn healthiest_replica_races_and_promotes() {
+    let mut o = obs(cluster(None), replica_pg(500, Some(5433)));
+    o.peers = vec![peer("pg1", 0, false), peer("pg2", 400, false)];
+    let d = run(&o);
+    match only(&d) {
+        Action::AcquireLock { won, .. } => assert_eq!(won.actions, vec![Action::Promote]),
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn lagging_or_outranked_replica_does_not_race() {
+    let cases: Vec<(&str, Observation)> = vec![
+        ("peer ahead", {
+            let mut o = obs(cluster(None), replica_pg(500, Some(5433)));
+            o.peers = vec![peer("pg2", 600, false)];
+            o
+        }),
+        ("old primary alive", {
+            let mut o = obs(cluster(None), replica_pg(500, Some(5433)));
+            o.peers = vec![peer("pg1", 100, true)];
+            o
+        }),
+        ("beyond maximum_lag_on_failover", {
+            let mut c = cluster(None);
+            c.status = Status {
+                optime: Some(10_000_000),
+                ..Default::default()
+            };
+            obs(c, replica_pg(500, Some(5433)))
+        }),
+        ("nofailover", {
+            let mut o = obs(cluster(None), replica_pg(500, Some(5433)));
+            o.config.tags.insert("nofailover".into(), true.into());
+            o
+        }),
+        ("higher priority peer at same lsn", {
+            let mut o = obs(cluster(None), replica_pg(500, Some(5433)));
+            let mut p = peer("pg2", 500, false);
+            p.reply.as_mut().unwrap().failover_priority = 5;
+            o.peers = vec![p];
+            o
+        }),
+    ];
+    for (name, o) in cases {
+        let d = run(&o);
+        assert!(d.actions.is_empty(), "{name}: {d:#?}");
+        assert!(
+            d.message.starts_with("following a different leader"),
+            "{name}: {}",
+            d.message
+        );
+    }
+}
+
+#[test]
+fn unreachable_peers_do_not_block_the_race() {
+    let mut o = obs(cluster(None), replica_pg(500, Some(5433)));
+    o.peers = vec![PeerStatus {
+        name: "pg1".into(),
+        reply: None,
+    }];
+    assert!(matches!(only(&run(&o)), Action::AcquireLock { .. }));
+}
+
+#[test]
+fn dcs_outage_demotes_primary_but_not_replica() {
+    let mut o = obs(cluster(Some("pg0")), primary_pg(100));
+    o.dcs = DcsView::Unreachable("connection refused".into());
+    let d = run(&o);
+    assert_eq!(
+        only(&d),
+        &Action::Stop {
+            mode: StopMode::Immediate
+        }
+    );
+    assert!(
+        d.message
+            .starts_with("demoting self because DCS is not accessible")
+    );
+    let mut o = obs(cluster(Some("pg1")), replica_pg(100, Some(5433)));
+    o.dcs = DcsView::Unreachable("connection refused".into());
+    assert!(run(&o).actions.is_empty());
+}
+
+#[test]
+fn former_primary_checks_divergence_then_rewinds() {
+    let mut mem = Memory::default();
+    let o = obs(cluster(Some("pg1")), stopped_pg("in production"));
+    let d = decide(&o, &mut mem);
+    let Action::StartJob(Job::CheckDivergence { from }) = only(&d) else {
+        panic!("{d:?}")
+    };
+    let from = from.clone();
+    let mut o2 = o.clone();
+    o2.job = JobState::Finished(
+        Job::CheckDivergence { from: from.clone() },
+        JobOutcome::Divergence(Divergence::Diverged("x".into())),
+    );
+    let d = decide(&o2, &mut mem);
+    assert!(
+        matches!(only(&d), Action::StartJob(Job::Rewind { .. })),
+        "{d:?}"
+    );
+    let mut o3 = o.clone();
+    o3.job = JobState::Finished(Job::Rewind { from: from.clone() }, JobOutcome::Ok);
+    let d = decide(&o3, &mut mem);
+    match only(&d) {
+        Action::StartJob(Job::Start {
+            role:
+                ConfigRole::Standby {
+                    upstream: Some(u),
+                    slot_name,
+                },
+        }) => {
+            assert_eq!(u.member, "pg1");
+            assert_eq!(slot_name.as_deref(), Some("pg0"));
+        }
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn clean_replica_starts_without_check() {
+    let d = run(&obs(
+        cluster(Some("pg1")),
+        stopped_pg("shut down in recovery"),
+    ));
+    assert!(matches!(
+        only(&d),
+        Action::StartJob(Job::Start {
+            role: ConfigRole::Standby { .. }
+        })
+    ));
+}
+
+#[test]
+fn leaderless_stopped_node_starts_as_secondary() {
+    let d = run(&obs(cluster(None), stopped_pg("shut down")));
+    assert!(matches!(
+        only(&d),
+        Action::StartJob(Job::Start {
+            role: ConfigRole::Standby { upstream: None, .. }
+        })
+    ));
+}
+
+#[test]
+fn foreign_data_directory_is_left_alone() {
+    let mut c = cluster(Some("pg1"));
+    c.initialize = Some("999".into());
+    let d = run(&obs(c, stopped_pg("shut down")));
+    assert!(d.actions.is_empty());
+    assert!(d.message.contains("different cluster"));
+}
+
+#[test]
+fn leader_refreshes_lock_while_a_job_runs() {
+    let mut o = obs(cluster(Some("pg0")), stopped_pg("in production"));
+    o.job = JobState::Running(Job::Start {
+        role: ConfigRole::Primary,
+    });
+    assert!(matches!(only(&run(&o)), Action::UpdateLock { .. }));
+    o.dcs = DcsView::Ok(Arc::new(cluster(Some("pg1"))));
+    assert!(run(&o).actions.is_empty());
+}
+
+#[test]
+fn failover_key_for_me_is_cleared_after_winning() {
+    let mut c = cluster(None);
+    c.failover = Some(Failover {
+        member: Some("pg0".into()),
+        version: 9,
+        ..Default::default()
+    });
+    let d = run(&obs(c, replica_pg(500, None)));
+    let Action::AcquireLock { won, .. } = only(&d) else {
+        panic!()
+    };
+    assert!(won.actions.contains(&Action::ClearFailover { version: 9 }));
+}
