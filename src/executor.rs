@@ -1,1 +1,304 @@
-//! (in progress)
+//! Turns the HA core's actions into DCS and PostgreSQL calls. Long work (bootstrap,
+//! basebackup, rewind, start) runs in one background job slot so the loop keeps
+//! refreshing the leader lock meanwhile.
+
+use crate::config::Config;
+use crate::dcs::{Dcs, DcsError, History, HistoryEntry, Role, Status};
+use crate::ha::{Action, Branch, Decision, Job, JobOutcome, JobState, Observation};
+use crate::postgres::Postgres;
+use crate::postgres::types::ConfigRole;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// What executing a decision ended with: the branch message and role that applied.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub message: String,
+    pub role: Role,
+    /// We hold the leader key after this cycle.
+    pub has_lock: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    running: Option<Job>,
+    finished: Option<(Job, JobOutcome)>,
+}
+
+pub struct Executor {
+    dcs: Arc<dyn Dcs>,
+    pg: Arc<Postgres>,
+    local: Arc<Config>,
+    slot: Arc<Mutex<Slot>>,
+    wake: Arc<Notify>,
+}
+
+impl Executor {
+    pub fn new(dcs: Arc<dyn Dcs>, pg: Arc<Postgres>, local: Arc<Config>, wake: Arc<Notify>) -> Executor {
+        Executor { dcs, pg, local, slot: Arc::default(), wake }
+    }
+
+    pub fn set_postgres(&mut self, pg: Arc<Postgres>) {
+        self.pg = pg;
+    }
+
+    /// The job slot as the HA core should see it this cycle (a finished job is reported once).
+    pub fn job_state(&self) -> JobState {
+        let mut s = self.slot.lock().expect("job slot");
+        if let Some(j) = &s.running {
+            return JobState::Running(j.clone());
+        }
+        match s.finished.take() {
+            Some((j, o)) => JobState::Finished(j, o),
+            None => JobState::Idle,
+        }
+    }
+
+    pub fn job_running(&self) -> bool {
+        self.slot.lock().expect("job slot").running.is_some()
+    }
+
+    /// Run a decision's actions in order; conditional actions pick their branch.
+    pub async fn execute(&self, d: &Decision, obs: &Observation) -> Outcome {
+        let mut out = Outcome { message: d.message.clone(), role: d.role, has_lock: false };
+        out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
+        self.run_actions(&d.actions, obs, &mut out).await;
+        out
+    }
+
+    fn run_actions<'a>(
+        &'a self,
+        actions: &'a [Action],
+        obs: &'a Observation,
+        out: &'a mut Outcome,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            for a in actions {
+                if let Some(branch) = self.run_one(a, obs, out).await {
+                    if !branch.message.is_empty() {
+                        out.message = branch.message.clone();
+                    }
+                    if let Some(r) = branch.role {
+                        out.role = r;
+                    }
+                    self.run_actions(&branch.actions, obs, out).await;
+                }
+            }
+        })
+    }
+
+    /// Execute one action; conditional ones return the branch to continue with.
+    async fn run_one(&self, a: &Action, obs: &Observation, out: &mut Outcome) -> Option<Branch> {
+        match a {
+            Action::AcquireLock { won, lost } => {
+                let ok = log_dcs("acquire leader lock", self.dcs.attempt_to_acquire_leader().await);
+                out.has_lock = ok;
+                Some(if ok { won.clone() } else { lost.clone() })
+            }
+            Action::UpdateLock { held, lost } => {
+                let status = obs.pg.sql.as_ref().filter(|s| !s.in_recovery).map(|s| Status {
+                    optime: Some(s.wal_lsn),
+                    ..Default::default()
+                });
+                let ok = log_dcs("update leader lock", self.dcs.update_leader(status.as_ref()).await);
+                out.has_lock = ok;
+                Some(if ok { held.clone() } else { lost.clone() })
+            }
+            Action::ReleaseLock => {
+                log_dcs("release leader lock", self.dcs.delete_leader(None).await);
+                out.has_lock = false;
+                None
+            }
+            Action::RaceInitialize { won, lost } => {
+                let ok = log_dcs("race for initialize", self.dcs.initialize(true, "").await);
+                Some(if ok { won.clone() } else { lost.clone() })
+            }
+            Action::SetInitialize { sysid } => {
+                log_dcs("store system identifier", self.dcs.initialize(false, sysid).await);
+                None
+            }
+            Action::CancelInitialize => {
+                log_dcs("cancel initialization", self.dcs.cancel_initialization().await);
+                None
+            }
+            Action::WriteBootstrapConfig => {
+                self.write_bootstrap_config(obs).await;
+                None
+            }
+            Action::UpdateHistory { current, timeline } => {
+                self.update_history(current.as_ref(), *timeline, &obs.config.name).await;
+                None
+            }
+            Action::ClearFailover { version } => {
+                log_dcs("clear failover key", self.dcs.set_failover_value("{}", Some(*version)).await);
+                None
+            }
+            Action::StartJob(job) => {
+                self.start_job(job.clone());
+                None
+            }
+            Action::Stop { mode } => {
+                if let Err(e) = self.pg.stop(*mode, self.stop_timeout()).await {
+                    warn!("stopping PostgreSQL ({}) failed: {e}", mode.as_str());
+                }
+                None
+            }
+            Action::Promote => {
+                if let Err(e) = self.pg.promote(self.stop_timeout()).await {
+                    warn!("promote failed: {e}");
+                }
+                None
+            }
+            Action::Follow { upstream } => {
+                let slot_name = upstream
+                    .as_ref()
+                    .filter(|_| obs.config.use_slots)
+                    .map(|_| crate::ha::slots::slot_name(&obs.config.name));
+                let role = ConfigRole::Standby { upstream: upstream.clone(), slot_name };
+                match self.pg.write_config(&role).await {
+                    Ok(()) => {
+                        if let Err(e) = self.pg.reload().await {
+                            warn!("reload after re-pointing the standby failed: {e}");
+                        }
+                    }
+                    Err(e) => warn!("rewriting the standby configuration failed: {e}"),
+                }
+                None
+            }
+            Action::RemoveDataDir => {
+                if let Err(e) = self.pg.remove_data_dir().await {
+                    warn!("removing the data directory failed: {e}");
+                }
+                None
+            }
+            Action::CreateSlots(names) => {
+                if let Err(e) = self.pg.ensure_physical_slots(names).await {
+                    warn!("creating replication slots {names:?} failed: {e}");
+                }
+                None
+            }
+            Action::DropSlots(names) => {
+                if let Err(e) = self.pg.drop_slots(names).await {
+                    warn!("dropping replication slots {names:?} failed: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.local.postgresql.pg_ctl_timeout.max(1))
+    }
+
+    async fn write_bootstrap_config(&self, obs: &Observation) {
+        let already = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.config.is_some());
+        if already {
+            return;
+        }
+        let value = serde_json::Value::Object(self.local.bootstrap.dcs.clone()).to_string();
+        log_dcs("write cluster config", self.dcs.set_config_value(&value, None).await);
+    }
+
+    /// Rebuild `history` from the timeline history file of the current timeline.
+    async fn update_history(&self, current: Option<&History>, timeline: u32, me: &str) {
+        let lines = match self.pg.read_timeline_history(timeline).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("cannot read the history file of timeline {timeline}: {e}");
+                return;
+            }
+        };
+        let mut entries: Vec<HistoryEntry> = current.map(|h| h.lines.clone()).unwrap_or_default();
+        for (tl, lsn, reason) in lines {
+            if entries.iter().any(|e| e.timeline == tl) {
+                continue;
+            }
+            let newest = tl + 1 == timeline;
+            entries.push(HistoryEntry {
+                timeline: tl,
+                lsn,
+                reason,
+                timestamp: newest.then(|| chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.6f%:z").to_string()),
+                new_leader: newest.then(|| me.to_string()),
+            });
+        }
+        entries.sort_by_key(|e| e.timeline);
+        let h = History { version: 0, lines: entries };
+        log_dcs("write history", self.dcs.set_history_value(&h.to_json_string()).await);
+    }
+
+    fn start_job(&self, job: Job) {
+        {
+            let mut s = self.slot.lock().expect("job slot");
+            if s.running.is_some() {
+                warn!("a job is already running; not starting {}", job.describe());
+                return;
+            }
+            s.running = Some(job.clone());
+        }
+        info!("starting {}", job.describe());
+        let (pg, local, slot, wake) = (self.pg.clone(), self.local.clone(), self.slot.clone(), self.wake.clone());
+        tokio::spawn(async move {
+            let outcome = run_job(&pg, &local, &job).await;
+            match &outcome {
+                JobOutcome::Failed(e) => warn!("{} failed: {e}", job.describe()),
+                o => info!("{} finished: {o:?}", job.describe()),
+            }
+            let mut s = slot.lock().expect("job slot");
+            s.running = None;
+            s.finished = Some((job, outcome));
+            drop(s);
+            wake.notify_one();
+        });
+    }
+}
+
+async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
+    let timeout = Duration::from_secs(local.postgresql.pg_ctl_timeout.max(1));
+    let r = match job {
+        Job::Bootstrap => bootstrap(pg, local, timeout).await,
+        Job::Basebackup { from } => pg.basebackup(from).await.map_err(|e| e.to_string()),
+        Job::CheckDivergence { from } => {
+            return match pg.check_timeline_divergence(from).await {
+                Ok(d) => JobOutcome::Divergence(d),
+                Err(e) => JobOutcome::Failed(e.to_string()),
+            };
+        }
+        Job::Rewind { from } => pg.rewind(from, &local.postgresql.authentication).await.map_err(|e| e.to_string()),
+        Job::Start { role } => pg.start(role, timeout).await.map(|_| ()).map_err(|e| e.to_string()),
+    };
+    match r {
+        Ok(()) => JobOutcome::Ok,
+        Err(e) => JobOutcome::Failed(e),
+    }
+}
+
+async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(), String> {
+    pg.initdb(&local.bootstrap.initdb).await.map_err(|e| e.to_string())?;
+    pg.start(&ConfigRole::Primary, timeout).await.map_err(|e| e.to_string())?;
+    pg.create_bootstrap_users(&local.postgresql.authentication).await.map_err(|e| e.to_string())?;
+    if let Some(script) = &local.bootstrap.post_bootstrap {
+        pg.run_post_bootstrap(script).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `Ok(false)` and `Err` both mean "did not happen"; the error is logged with the operation.
+fn log_dcs(what: &str, r: Result<bool, DcsError>) -> bool {
+    match r {
+        Ok(ok) => ok,
+        Err(e) => {
+            warn!("{what} failed: {e}");
+            false
+        }
+    }
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").finish_non_exhaustive()
+    }
+}
+

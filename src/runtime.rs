@@ -1,1 +1,287 @@
-//! (in progress)
+//! The HA loop: fixed cadence (next run = start + loop_wait), early wake on a leader-key
+//! change, a postmaster exit, a finished job or an API command; shutdown first.
+//! observe -> decide -> publish -> execute -> touch member.
+
+use crate::config::{Config, DynamicConfig};
+use crate::dcs::{Cluster, Dcs, Role};
+use crate::executor::Executor;
+use crate::ha::{self, DcsView, HaConfig, Memory, Observation, PeerReply, PeerStatus};
+use crate::postgres::Postgres;
+use crate::postgres::types::StopMode;
+use crate::status::NodeStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+pub struct Runtime {
+    pub local: Arc<Config>,
+    pub dcs: Arc<dyn Dcs>,
+    pub pg: Arc<Postgres>,
+    pub executor: Executor,
+    pub status: watch::Sender<Arc<NodeStatus>>,
+    pub wake: Arc<Notify>,
+    pub memory: Memory,
+    pub dynamic: DynamicConfig,
+    started: Instant,
+    http: reqwest::Client,
+}
+
+impl Runtime {
+    pub fn new(local: Arc<Config>, dcs: Arc<dyn Dcs>, pg: Arc<Postgres>, status: watch::Sender<Arc<NodeStatus>>) -> Runtime {
+        let wake = Arc::new(Notify::new());
+        let executor = Executor::new(dcs.clone(), pg.clone(), local.clone(), wake.clone());
+        let dynamic = crate::config::dynamic::DynamicConfig::from_map(&local.bootstrap.dcs).0;
+        Runtime {
+            local,
+            dcs,
+            pg,
+            executor,
+            status,
+            wake,
+            memory: Memory::default(),
+            dynamic,
+            started: Instant::now(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client"),
+        }
+    }
+
+    /// Run cycles until `shutdown` resolves, then stop PostgreSQL and release the leader key.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let cycle_start = Instant::now();
+            let (leader_version, pid) = self.cycle().await;
+            let next = cycle_start + Duration::from_secs(self.dynamic.loop_wait.max(1));
+            let wait = next.saturating_duration_since(Instant::now());
+            let watch_leader = async {
+                if self.memory.has_lock {
+                    std::future::pending::<()>().await
+                }
+                match self.dcs.watch_leader(leader_version, wait).await {
+                    Ok(true) => {}
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            let postmaster_exit = async {
+                match pid {
+                    Some(pid) => self.pg.wait_for_exit(pid).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = watch_leader => info!("leader key changed; running the HA cycle early"),
+                _ = postmaster_exit => warn!("the postmaster exited; running the HA cycle now"),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// One HA cycle. Returns the leader key version seen (for the watch) and the postmaster pid.
+    async fn cycle(&mut self) -> (Option<i64>, Option<u32>) {
+        let retry = Duration::from_secs(self.dynamic.retry_timeout.max(1));
+        let dcs_view = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
+            Ok(Ok(c)) => {
+                for w in &c.parse_warnings {
+                    warn!("ignoring an unreadable DCS value: {w}");
+                }
+                DcsView::Ok(Arc::new(c))
+            }
+            Ok(Err(e)) => DcsView::Unreachable(e.to_string()),
+            Err(_) => DcsView::Unreachable(format!("no answer within retry_timeout ({retry:?})")),
+        };
+        if let DcsView::Ok(c) = &dcs_view {
+            self.apply_dynamic(c).await;
+        }
+        let pg = self.pg.observe().await;
+        let mut obs = Observation {
+            now_ms: self.started.elapsed().as_millis() as u64,
+            config: self.ha_config(),
+            dcs: dcs_view,
+            pg,
+            job: self.executor.job_state(),
+            peers: vec![],
+        };
+        if ha::needs_peers(&obs)
+            && let DcsView::Ok(c) = &obs.dcs
+        {
+            obs.peers = fetch_peers(&self.http, c, &obs.config.name).await;
+        }
+        let decision = ha::decide(&obs, &mut self.memory);
+        self.publish(&obs, decision.role, self.memory.has_lock, &decision.message);
+        let outcome = self.executor.execute(&decision, &obs).await;
+        self.memory.has_lock = outcome.has_lock;
+        self.memory.last_role = outcome.role;
+        if decision.touch_member {
+            self.touch_member(&obs, outcome.role, &decision.state).await;
+        }
+        self.publish(&obs, outcome.role, outcome.has_lock, &outcome.message);
+        if !outcome.message.is_empty() {
+            info!("{}", outcome.message);
+        }
+        let leader_version = match &obs.dcs {
+            DcsView::Ok(c) => c.leader.as_ref().map(|l| l.version),
+            _ => None,
+        };
+        (leader_version, obs.pg.postmaster_pid)
+    }
+
+    /// Adopt the DCS `config` key (merged with local overrides) and push timing to the DCS.
+    async fn apply_dynamic(&mut self, c: &Cluster) {
+        let Some(cfg) = &c.config else { return };
+        let (mut d, warnings) = DynamicConfig::from_map(&cfg.data);
+        for w in warnings {
+            warn!("DCS config: {w}");
+        }
+        let mut d = crate::config::dynamic::merge_local(&self.local, &d.clone());
+        if let Some(w) = d.enforce_timing() {
+            warn!("{w}");
+        }
+        if d.ttl != self.dynamic.ttl {
+            self.dcs.set_ttl(Duration::from_secs(d.ttl)).await;
+        }
+        if d.retry_timeout != self.dynamic.retry_timeout {
+            self.dcs.set_retry_timeout(Duration::from_secs(d.retry_timeout)).await;
+        }
+        std::mem::swap(&mut self.dynamic, &mut d);
+    }
+
+    fn ha_config(&self) -> HaConfig {
+        let pgc = &self.local.postgresql;
+        HaConfig {
+            name: self.local.name.clone(),
+            ttl: self.dynamic.ttl,
+            loop_wait: self.dynamic.loop_wait,
+            retry_timeout: self.dynamic.retry_timeout,
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            use_pg_rewind: pgc.use_pg_rewind.unwrap_or(self.dynamic.postgresql.use_pg_rewind),
+            use_slots: self.dynamic.postgresql.use_slots,
+            remove_data_directory_on_rewind_failure: pgc.remove_data_directory_on_rewind_failure,
+            remove_data_directory_on_diverged_timelines: pgc.remove_data_directory_on_diverged_timelines,
+            tags: self.local.tags.clone(),
+        }
+    }
+
+    async fn touch_member(&self, obs: &Observation, role: Role, state: &crate::dcs::PgState) {
+        let (conn_url, api_url) = self.urls();
+        let id = ha::member::MemberIdentity {
+            conn_url: &conn_url,
+            api_url: &api_url,
+            proxy_url: self.local.postgresql.proxy_address.as_deref(),
+            tags: &self.local.tags,
+        };
+        let data = ha::member::member_data(&id, &obs.pg, role, state);
+        if let Err(e) = self.dcs.touch_member(&data).await {
+            warn!("updating my member key failed: {e}");
+        }
+    }
+
+    fn urls(&self) -> (String, String) {
+        let pg = &self.local.postgresql;
+        let api = &self.local.restapi;
+        let api_addr = if api.connect_address.is_empty() { &api.listen } else { &api.connect_address };
+        let scheme = if api.certfile.is_some() { "https" } else { "http" };
+        (format!("postgres://{}/postgres", pg.connect_address), format!("{scheme}://{api_addr}/patroni"))
+    }
+
+    fn publish(&self, obs: &Observation, role: Role, has_lock: bool, message: &str) {
+        let (conn_url, api_url) = self.urls();
+        let (cluster, unlocked, last_seen) = match &obs.dcs {
+            DcsView::Ok(c) => (Some(c.clone()), c.is_unlocked(), Some(chrono::Utc::now().timestamp())),
+            DcsView::Unreachable(_) => {
+                let prev = self.status.borrow();
+                (prev.cluster.clone(), prev.cluster_unlocked, prev.dcs_last_seen)
+            }
+        };
+        let status = NodeStatus {
+            name: self.local.name.clone(),
+            scope: self.local.scope.clone(),
+            role,
+            state: ha::observed_state(obs),
+            pg: obs.pg.sql.clone(),
+            database_system_identifier: obs.pg.system_identifier().map(str::to_string),
+            has_lock,
+            cluster_unlocked: unlocked,
+            dcs_last_seen: last_seen,
+            tags: self.local.tags.clone(),
+            dynamic: self.dynamic.clone(),
+            cluster,
+            pending_restart: obs.pg.sql.as_ref().is_some_and(|s| !s.pending_restart.is_empty()),
+            pending_restart_reason: Default::default(),
+            watchdog_failed: false,
+            loop_running: true,
+            last_cycle_at: Some(chrono::Utc::now().timestamp()),
+            last_message: message.to_string(),
+            conn_url: Some(conn_url),
+            api_url: Some(api_url),
+        };
+        self.status.send_replace(Arc::new(status));
+    }
+
+    /// SIGTERM: stop PostgreSQL cleanly, then hand the leader key over at once (with the
+    /// shutdown checkpoint as the last optime) instead of letting it expire after ttl.
+    async fn shutdown(&mut self) {
+        info!("shutting down: stopping PostgreSQL");
+        let mut st = (**self.status.borrow()).clone();
+        st.role = Role::Demoted;
+        self.status.send_replace(Arc::new(st));
+        let timeout = Duration::from_secs(self.local.postgresql.pg_ctl_timeout.max(1));
+        if let Err(e) = self.pg.stop(StopMode::Fast, timeout).await {
+            warn!("fast shutdown failed ({e}); using immediate");
+            let _ = self.pg.stop(StopMode::Immediate, timeout).await;
+        }
+        if self.memory.has_lock {
+            let pg = self.pg.observe().await;
+            let optime = match &pg.data_dir {
+                crate::postgres::types::DataDirState::Initialized(c) => Some(c.checkpoint_lsn),
+                _ => None,
+            };
+            let status = crate::dcs::Status { optime, ..Default::default() };
+            match self.dcs.delete_leader(Some(&status)).await {
+                Ok(true) => info!("released the leader key"),
+                Ok(false) => warn!("the leader key was no longer mine at shutdown"),
+                Err(e) => warn!("could not release the leader key: {e}"),
+            }
+        }
+    }
+}
+
+/// GET /patroni of every other member, 2 s budget each, in parallel.
+async fn fetch_peers(http: &reqwest::Client, c: &Cluster, me: &str) -> Vec<PeerStatus> {
+    let futs = c.members.iter().filter(|m| m.name != me).map(|m| {
+        let url = m.api_base().map(|b| format!("{b}/patroni"));
+        let name = m.name.clone();
+        async move {
+            let reply = match url {
+                Some(u) => match http.get(&u).send().await {
+                    Ok(r) => r.json::<serde_json::Value>().await.ok().map(|v| parse_peer(&v)),
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            PeerStatus { name, reply }
+        }
+    });
+    futures::future::join_all(futs).await
+}
+
+/// Read what upstream's race reads from /patroni.
+pub fn parse_peer(v: &serde_json::Value) -> PeerReply {
+    let role = v.get("role").and_then(|r| r.as_str()).unwrap_or("");
+    let xlog = v.get("xlog").or_else(|| v.get("wal"));
+    let get = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|n| n.as_u64());
+    let wal = get("location").unwrap_or(0).max(get("received_location").unwrap_or(0)).max(get("replayed_location").unwrap_or(0));
+    let tags = v.get("tags");
+    PeerReply {
+        is_primary: matches!(role, "primary" | "master"),
+        wal_position: wal,
+        timeline: v.get("timeline").and_then(|t| t.as_u64()).map(|t| t as u32),
+        nofailover: crate::dcs::tag_is_true(tags.and_then(|t| t.get("nofailover"))),
+        failover_priority: tags.and_then(|t| t.get("failover_priority")).and_then(|p| p.as_i64()).unwrap_or(1),
+        watchdog_failed: v.get("watchdog_failed").and_then(|w| w.as_bool()).unwrap_or(false),
+    }
+}

@@ -193,7 +193,7 @@ pub(crate) fn current_role(pg: &PgObservation, mem: &Memory) -> Role {
     }
 }
 
-pub(crate) fn observed_state(obs: &Observation) -> PgState {
+pub fn observed_state(obs: &Observation) -> PgState {
     if obs.pg.is_healthy() {
         PgState::Running
     } else if obs.pg.is_running() {
