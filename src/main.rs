@@ -1,1 +1,166 @@
-fn main() {}
+//! `patroni CONFIG.yml`: load and validate the config, then run the HA loop and REST API.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use patroni::config::{self, Config};
+use patroni::status::NodeStatus;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "patroni", version = patroni::PATRONI_VERSION, about = "PostgreSQL high availability (Patroni-compatible)")]
+struct Args {
+    /// Check the configuration file, print every problem with its YAML path, and exit.
+    #[arg(long)]
+    validate_config: bool,
+    /// The Patroni YAML configuration file (or set PATRONI_CONFIGURATION).
+    config: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let loaded = match config::validate::validate_file_or_env(args.config.as_deref(), &env) {
+        Ok(l) => l,
+        Err(issues) => {
+            eprintln!("The configuration is invalid:");
+            for i in &issues {
+                eprintln!("  {i}");
+            }
+            std::process::exit(1);
+        }
+    };
+    if args.validate_config {
+        for w in &loaded.warnings {
+            println!("warning: {w}");
+        }
+        println!("configuration is valid");
+        return;
+    }
+    init_logging(&loaded.config);
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    if let Err(e) = drop_privileges(&loaded.config) {
+        eprintln!("{e:#}");
+        std::process::exit(1);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    if let Err(e) = rt.block_on(run(loaded.config, args.config)) {
+        error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let level = cfg.log.get("level").and_then(|l| l.as_str()).unwrap_or("info").to_lowercase();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+/// PostgreSQL refuses to run as root: as root, become the `postgres` user (or
+/// PATRONI_RUN_AS), creating the data directory's parent for it first.
+fn drop_privileges(cfg: &Config) -> Result<()> {
+    use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
+    if !Uid::effective().is_root() {
+        return Ok(());
+    }
+    let name = std::env::var("PATRONI_RUN_AS").unwrap_or_else(|_| "postgres".into());
+    let Some(user) = User::from_name(&name)? else {
+        bail!("running as root and there is no '{name}' user to run PostgreSQL as (set PATRONI_RUN_AS)");
+    };
+    if let Some(parent) = cfg.postgresql.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::os::unix::fs::chown(parent, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+        }
+    }
+    setgroups(&[Gid::from_raw(user.gid.as_raw())])?;
+    setgid(user.gid)?;
+    setuid(user.uid)?;
+    info!("running as user '{name}' (PostgreSQL refuses root)");
+    Ok(())
+}
+
+async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    let dcs = connect_dcs(&cfg).await?;
+    let pg = Arc::new(patroni::postgres::Postgres::new(patroni::postgres::settings_from_config(&cfg, None)));
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(NodeStatus {
+        name: cfg.name.clone(),
+        scope: cfg.scope.clone(),
+        ..Default::default()
+    }));
+    let runtime = patroni::runtime::Runtime::new(cfg.clone(), dcs.clone(), pg, tx);
+    let api_state = patroni::api::ApiState { status: rx, dcs: Some(dcs.clone()), wake: runtime.wake.clone() };
+    let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
+        .await
+        .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(patroni::api::serve(listener, api_state, async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    }));
+    let wake = runtime.wake.clone();
+    tokio::spawn(watch_sighup(path, wake));
+    let mut ha_stop = stop_rx.clone();
+    let ha = tokio::spawn(runtime.run(async move {
+        let _ = ha_stop.wait_for(|s| *s).await;
+    }));
+    wait_for_termination().await;
+    info!("received a termination signal");
+    let _ = stop_tx.send(true);
+    let _ = ha.await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    Ok(())
+}
+
+async fn connect_dcs(cfg: &Config) -> Result<Arc<dyn patroni::dcs::Dcs>> {
+    let dynamic = patroni::config::dynamic::DynamicConfig::from_map(&cfg.bootstrap.dcs).0;
+    let Some(etcd) = cfg.etcd3.as_ref() else {
+        bail!("no supported DCS section: configure `etcd3:` (hosts of your etcd v3 cluster)");
+    };
+    let d = patroni::dcs::etcd3::Etcd3Dcs::connect(
+        etcd,
+        &cfg.namespace,
+        &cfg.scope,
+        &cfg.name,
+        Duration::from_secs(dynamic.ttl),
+        Duration::from_secs(dynamic.retry_timeout),
+    )
+    .await
+    .context("connecting to etcd")?;
+    Ok(Arc::new(d))
+}
+
+async fn wait_for_termination() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// SIGHUP: re-read the local configuration. Changes that need new settings are applied
+/// by the next cycle; here we validate and report.
+async fn watch_sighup(path: Option<PathBuf>, wake: Arc<tokio::sync::Notify>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        match config::validate::validate_file_or_env(path.as_deref(), &env) {
+            Ok(_) => info!("SIGHUP: configuration re-read and valid"),
+            Err(issues) => {
+                for i in issues {
+                    warn!("SIGHUP: configuration not reloaded: {i}");
+                }
+            }
+        }
+        wake.notify_one();
+    }
+}
