@@ -2,6 +2,7 @@
 //! unprivileged user, children killed by PID (process group) on drop, `eventually`.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
 
 use std::net::TcpListener;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian machine (run as root).
+set -euo pipefail
+need=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian's postgresql package may start a default cluster on 5432; ours never uses it.
+id postgres >/dev/null

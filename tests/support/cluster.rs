@@ -1,0 +1,283 @@
+//! A real cluster for scenarios: etcd + N `patroni` daemons (our binary) + HAProxy, all on
+//! free loopback ports in one temp dir. Everything is killed by PID on drop, including
+//! postmasters (which run in their own session and survive their daemon by design).
+use super::etcd::Etcd;
+use super::{ChildGuard, TestDir, chown_for_postgres, eventually, free_port, wait_port};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+pub struct Timing {
+    pub ttl: u64,
+    pub loop_wait: u64,
+    pub retry_timeout: u64,
+}
+
+pub const FAST: Timing = Timing { ttl: 20, loop_wait: 2, retry_timeout: 5 };
+
+pub struct Node {
+    pub name: String,
+    pub pg_port: u16,
+    pub api_port: u16,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub daemon: Option<ChildGuard>,
+    log_n: u32,
+}
+
+pub struct Cluster {
+    pub dir: TestDir,
+    pub etcd: Etcd,
+    pub nodes: Vec<Node>,
+    pub haproxy: Option<ChildGuard>,
+    pub ha_primary_port: u16,
+    pub ha_replica_port: u16,
+    pub scope: String,
+}
+
+impl Cluster {
+    /// Write configs for `n` nodes and start etcd (daemons are started by `start_all`).
+    pub fn new(n: usize, t: &Timing) -> Cluster {
+        let dir = TestDir::new("cluster-");
+        let etcd = Etcd::start();
+        let scope = format!("test{}", std::process::id());
+        let nodes = (0..n)
+            .map(|i| {
+                let (pg_port, api_port) = (free_port(), free_port());
+                let name = format!("pg{i}");
+                let data_dir = dir.join(&format!("data/{name}"));
+                let config = dir.join(&format!("{name}.yml"));
+                let yml = node_yaml(&name, &scope, pg_port, api_port, etcd.client_port, &data_dir, &dir, t);
+                std::fs::write(&config, yml).unwrap();
+                Node { name, pg_port, api_port, config, data_dir, daemon: None, log_n: 0 }
+            })
+            .collect();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        chown_for_postgres(&dir.join("data"));
+        Cluster { dir, etcd, nodes, haproxy: None, ha_primary_port: 0, ha_replica_port: 0, scope }
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i);
+        }
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.log_n += 1;
+        let log = self.dir.join(&format!("{}-{}.log", node.name, node.log_n));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patroni"));
+        cmd.arg(&node.config).env("RUST_LOG", "info");
+        // As root the daemon drops to the postgres user itself.
+        node.daemon = Some(ChildGuard::spawn(&node.name, cmd, false, &log));
+    }
+
+    /// kill -9 the daemon (and optionally its postmaster).
+    pub fn kill_daemon(&mut self, i: usize, with_postmaster: bool) {
+        if let Some(mut g) = self.nodes[i].daemon.take() {
+            g.kill9();
+        }
+        if with_postmaster && let Some(pid) = self.postmaster_pid(i) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    pub fn sigterm_daemon(&mut self, i: usize) {
+        if let Some(g) = &self.nodes[i].daemon {
+            g.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
+        let s = std::fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
+        let pid: i32 = s.lines().next()?.trim().parse().ok()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
+    }
+
+    pub fn start_haproxy(&mut self) {
+        self.ha_primary_port = free_port();
+        self.ha_replica_port = free_port();
+        let servers = |check: &str| {
+            let mut s = format!("    option httpchk OPTIONS /{check}\n    http-check expect status 200\n    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n");
+            for n in &self.nodes {
+                s += &format!("    server {} 127.0.0.1:{} check port {}\n", n.name, n.pg_port, n.api_port);
+            }
+            s
+        };
+        let cfg = format!(
+            "global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout client 30m\n    timeout connect 4s\n    timeout server 30m\n    timeout check 2s\n\
+             listen primary\n    bind 127.0.0.1:{}\n{}listen replicas\n    bind 127.0.0.1:{}\n    balance roundrobin\n{}",
+            self.ha_primary_port,
+            servers("primary"),
+            self.ha_replica_port,
+            servers("replica")
+        );
+        let path = self.dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-f").arg(&path).arg("-db");
+        self.haproxy = Some(ChildGuard::spawn("haproxy", cmd, false, &self.dir.join("haproxy.log")));
+        wait_port(self.ha_primary_port, Duration::from_secs(10));
+    }
+
+    /// GET /patroni of node i.
+    pub fn patroni(&self, i: usize) -> Option<Value> {
+        http_get_json(self.nodes[i].api_port, "/patroni").map(|(_, v)| v)
+    }
+
+    pub fn role(&self, i: usize) -> Option<String> {
+        self.patroni(i)?.get("role")?.as_str().map(str::to_string)
+    }
+
+    /// Index of the node that says it is primary and has the lock (GET /primary = 200).
+    pub fn primary(&self) -> Option<usize> {
+        let p: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].daemon.is_some() && http_status(self.nodes[i].api_port, "/primary") == Some(200))
+            .collect();
+        (p.len() == 1).then(|| p[0])
+    }
+
+    pub fn wait_primary(&self, timeout: Duration) -> usize {
+        eventually(timeout, "exactly one primary", || self.primary())
+    }
+
+    /// Node i streams from the primary (per its /patroni).
+    pub fn is_streaming(&self, i: usize) -> bool {
+        self.patroni(i).is_some_and(|v| {
+            v.get("role").and_then(Value::as_str) == Some("replica")
+                && v.get("replication_state").and_then(Value::as_str) == Some("streaming")
+        })
+    }
+
+    pub fn psql(&self, port: u16, sql: &str) -> Result<String, String> {
+        psql(port, sql)
+    }
+
+    pub fn log_of(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        std::fs::read_to_string(self.dir.join(&format!("{}-{}.log", n.name, n.log_n))).unwrap_or_default()
+    }
+
+    pub fn dump_logs(&self) {
+        for i in 0..self.nodes.len() {
+            eprintln!("===== log of {} =====\n{}", self.nodes[i].name, tail(&self.log_of(i), 60));
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for i in 0..self.nodes.len() {
+            self.kill_daemon(i, true);
+        }
+    }
+}
+
+/// Run one statement with psql as the superuser; stdout trimmed.
+pub fn psql(port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new(format!("{}/psql", super::PG_BIN))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-XAtq", "-c", sql])
+        .env("PGPASSWORD", "patroni")
+        .env("PGCONNECT_TIMEOUT", "3")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get_json(port, path).map(|(s, _)| s)
+}
+
+/// Minimal blocking HTTP GET (tests stay synchronous).
+pub fn http_get_json(port: u16, path: &str) -> Option<(u16, Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status: u16 = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn node_yaml(
+    name: &str,
+    scope: &str,
+    pg_port: u16,
+    api_port: u16,
+    etcd_port: u16,
+    data_dir: &std::path::Path,
+    dir: &TestDir,
+    t: &Timing,
+) -> String {
+    format!(
+        r#"scope: {scope}
+namespace: /service/
+name: {name}
+restapi:
+  listen: 127.0.0.1:{api_port}
+  connect_address: 127.0.0.1:{api_port}
+etcd3:
+  hosts: 127.0.0.1:{etcd_port}
+bootstrap:
+  dcs:
+    ttl: {ttl}
+    loop_wait: {lw}
+    retry_timeout: {rt}
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      pg_hba:
+      - host replication replicator 127.0.0.1/32 md5
+      - host all all 127.0.0.1/32 md5
+      parameters:
+        wal_log_hints: "on"
+        max_connections: 50
+  initdb:
+  - encoding: UTF8
+  - data-checksums
+postgresql:
+  listen: 127.0.0.1:{pg_port}
+  connect_address: 127.0.0.1:{pg_port}
+  data_dir: {data}
+  bin_dir: /usr/lib/postgresql/15/bin
+  pgpass: {pgpass}
+  authentication:
+    replication:
+      username: replicator
+      password: rep-pass
+    superuser:
+      username: postgres
+      password: patroni
+    rewind:
+      username: rewind_user
+      password: rewind_password
+  parameters:
+    unix_socket_directories: '{sock}'
+    shared_buffers: 16MB
+"#,
+        ttl = t.ttl,
+        lw = t.loop_wait,
+        rt = t.retry_timeout,
+        data = data_dir.display(),
+        pgpass = dir.join(&format!("pgpass-{name}")).display(),
+        sock = dir.path().display(),
+    )
+}
