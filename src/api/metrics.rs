@@ -1,7 +1,7 @@
 //! `/metrics`: the node status in Prometheus text format, with upstream's metric names.
 
 use super::Ctx;
-use super::status_json::{Xlog, patroni_status};
+use super::status_json::{PatroniStatus, Xlog, patroni_status};
 use crate::dcs::{PgState, Role};
 use crate::status::NodeStatus;
 use axum::extract::State;
@@ -17,19 +17,119 @@ pub(super) async fn get_metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     )
 }
 
-struct Out {
-    text: String,
-    labels: String,
-}
-
-impl Out {
-    fn metric(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        // Writing into a String cannot fail.
-        let _ = writeln!(self.text, "# HELP {name} {help}");
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
-        let _ = writeln!(self.text, "{name}{} {value}", self.labels);
-    }
-}
+/// Upstream's metrics in upstream's order: (name, type, help).
+const METRICS: &[(&str, &str, &str)] = &[
+    (
+        "patroni_version",
+        "gauge",
+        "Patroni semver without periods.",
+    ),
+    (
+        "patroni_postgres_running",
+        "gauge",
+        "Value is 1 if Postgres is running, 0 otherwise.",
+    ),
+    (
+        "patroni_postmaster_start_time",
+        "gauge",
+        "Epoch seconds since Postgres started.",
+    ),
+    (
+        "patroni_primary",
+        "gauge",
+        "Value is 1 if this node is the leader, 0 otherwise.",
+    ),
+    (
+        "patroni_xlog_location",
+        "counter",
+        "Current location of the Postgres transaction log, 0 if this node is not the leader.",
+    ),
+    (
+        "patroni_standby_leader",
+        "gauge",
+        "Value is 1 if this node is the standby_leader, 0 otherwise.",
+    ),
+    (
+        "patroni_replica",
+        "gauge",
+        "Value is 1 if this node is a replica, 0 otherwise.",
+    ),
+    (
+        "patroni_sync_standby",
+        "gauge",
+        "Value is 1 if this node is a sync standby, 0 otherwise.",
+    ),
+    (
+        "patroni_quorum_standby",
+        "gauge",
+        "Value is 1 if this node is a quorum standby, 0 otherwise.",
+    ),
+    (
+        "patroni_xlog_received_location",
+        "counter",
+        "Current location of the received Postgres transaction log, 0 if this node is not a replica.",
+    ),
+    (
+        "patroni_xlog_replayed_location",
+        "counter",
+        "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.",
+    ),
+    (
+        "patroni_xlog_replayed_timestamp",
+        "gauge",
+        "Current timestamp of the replayed Postgres transaction log, 0 if null.",
+    ),
+    (
+        "patroni_xlog_paused",
+        "gauge",
+        "Value is 1 if the Postgres xlog is paused, 0 otherwise.",
+    ),
+    (
+        "patroni_postgres_streaming",
+        "gauge",
+        "Value is 1 if Postgres is streaming, 0 otherwise.",
+    ),
+    (
+        "patroni_postgres_in_archive_recovery",
+        "gauge",
+        "Value is 1 if Postgres is replicating from archive, 0 otherwise.",
+    ),
+    (
+        "patroni_postgres_server_version",
+        "gauge",
+        "Version of Postgres (if running), 0 otherwise.",
+    ),
+    (
+        "patroni_cluster_unlocked",
+        "gauge",
+        "Value is 1 if the cluster is unlocked, 0 if locked.",
+    ),
+    (
+        "patroni_failsafe_mode_is_active",
+        "gauge",
+        "Value is 1 if failsafe mode is active, 0 if inactive.",
+    ),
+    (
+        "patroni_postgres_timeline",
+        "gauge",
+        "Postgres timeline of this node (if running), 0 otherwise.",
+    ),
+    (
+        "patroni_dcs_last_seen",
+        "gauge",
+        "Epoch timestamp when DCS was last contacted successfully by Patroni.",
+    ),
+    (
+        "patroni_pending_restart",
+        "gauge",
+        "Value is 1 if the node needs a restart, 0 otherwise.",
+    ),
+    (
+        "patroni_is_paused",
+        "gauge",
+        "Value is 1 if auto failover is disabled, 0 otherwise.",
+    ),
+];
 
 /// Upstream's numeric encoding of the PostgreSQL state (`patroni_postgres_state`).
 const STATE_VALUES: &[(&str, PgState)] = &[
@@ -52,47 +152,28 @@ const STATE_VALUES: &[(&str, PgState)] = &[
 
 pub fn render(st: &NodeStatus) -> String {
     let r = patroni_status(st);
-    let mut o = Out {
-        text: String::new(),
-        labels: format!(
-            "{{scope=\"{}\",name=\"{}\"}}",
-            escape(&st.scope),
-            escape(&st.name)
-        ),
-    };
-    let version: String = crate::PATRONI_VERSION
-        .split('.')
-        .map(|p| format!("{p:0>2}"))
-        .collect();
-    o.metric(
-        "patroni_version",
-        "gauge",
-        "Patroni semver without periods.",
-        version,
+    let labels = format!(
+        "{{scope=\"{}\",name=\"{}\"}}",
+        escape(&st.scope),
+        escape(&st.name)
     );
-    o.metric(
-        "patroni_postgres_running",
-        "gauge",
-        "Value is 1 if Postgres is running, 0 otherwise.",
-        b(r.is_running()),
-    );
-    let start = r
-        .postmaster_start_time
-        .as_deref()
-        .and_then(epoch)
-        .unwrap_or(0.0);
-    o.metric(
-        "patroni_postmaster_start_time",
-        "gauge",
-        "Epoch seconds since Postgres started.",
-        start,
-    );
-    o.metric(
-        "patroni_primary",
-        "gauge",
-        "Value is 1 if this node is the leader, 0 otherwise.",
-        b(r.role == Role::Primary),
-    );
+    let mut text = String::new();
+    for (name, kind, help) in METRICS {
+        let Some(value) = value_of(name, &r) else {
+            continue;
+        };
+        // Writing into a String cannot fail.
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} {kind}");
+        let _ = writeln!(text, "{name}{labels} {value}");
+    }
+    postgres_state(&mut text, &labels, &st.state);
+    text
+}
+
+/// The value of one metric; `None` leaves it out (streaming metrics need PostgreSQL 9.6+).
+fn value_of(name: &str, r: &PatroniStatus) -> Option<String> {
+    let rs = r.replication_state.as_deref();
     let (location, received, replayed, ts, paused) = match &r.xlog {
         Some(Xlog::Primary { location }) => (*location, 0, 0, None, false),
         Some(Xlog::Replica {
@@ -109,112 +190,51 @@ pub fn render(st: &NodeStatus) -> String {
         ),
         None => (0, 0, 0, None, false),
     };
-    o.metric(
-        "patroni_xlog_location",
-        "counter",
-        "Current location of the Postgres transaction log, 0 if this node is not the leader.",
-        location,
-    );
-    o.metric(
-        "patroni_standby_leader",
-        "gauge",
-        "Value is 1 if this node is the standby_leader, 0 otherwise.",
-        b(r.role == Role::StandbyLeader),
-    );
-    o.metric(
-        "patroni_replica",
-        "gauge",
-        "Value is 1 if this node is a replica, 0 otherwise.",
-        b(r.role == Role::Replica),
-    );
-    o.metric(
-        "patroni_sync_standby",
-        "gauge",
-        "Value is 1 if this node is a sync standby, 0 otherwise.",
-        b(r.sync_standby),
-    );
-    o.metric(
-        "patroni_quorum_standby",
-        "gauge",
-        "Value is 1 if this node is a quorum standby, 0 otherwise.",
-        b(r.quorum_standby),
-    );
-    o.metric("patroni_xlog_received_location", "counter", "Current location of the received Postgres transaction log, 0 if this node is not a replica.", received);
-    o.metric("patroni_xlog_replayed_location", "counter", "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.", replayed);
-    o.metric(
-        "patroni_xlog_replayed_timestamp",
-        "gauge",
-        "Current timestamp of the replayed Postgres transaction log, 0 if null.",
-        ts.and_then(epoch).unwrap_or(0.0),
-    );
-    o.metric(
-        "patroni_xlog_paused",
-        "gauge",
-        "Value is 1 if the Postgres xlog is paused, 0 otherwise.",
-        b(paused),
-    );
-    if r.server_version.unwrap_or(0) >= 90600 {
-        let rs = r.replication_state.as_deref();
-        o.metric(
-            "patroni_postgres_streaming",
-            "gauge",
-            "Value is 1 if Postgres is streaming, 0 otherwise.",
-            b(rs == Some("streaming")),
-        );
-        o.metric(
-            "patroni_postgres_in_archive_recovery",
-            "gauge",
-            "Value is 1 if Postgres is replicating from archive, 0 otherwise.",
-            b(rs == Some("in archive recovery")),
-        );
-    }
-    o.metric(
-        "patroni_postgres_server_version",
-        "gauge",
-        "Version of Postgres (if running), 0 otherwise.",
-        r.server_version.unwrap_or(0),
-    );
-    o.metric(
-        "patroni_cluster_unlocked",
-        "gauge",
-        "Value is 1 if the cluster is unlocked, 0 if locked.",
-        b(r.cluster_unlocked),
-    );
-    o.metric(
-        "patroni_failsafe_mode_is_active",
-        "gauge",
-        "Value is 1 if failsafe mode is active, 0 if inactive.",
-        0,
-    );
-    o.metric(
-        "patroni_postgres_timeline",
-        "gauge",
-        "Postgres timeline of this node (if running), 0 otherwise.",
-        r.timeline.unwrap_or(0),
-    );
-    o.metric(
-        "patroni_dcs_last_seen",
-        "gauge",
-        "Epoch timestamp when DCS was last contacted successfully by Patroni.",
-        r.dcs_last_seen,
-    );
-    o.metric(
-        "patroni_pending_restart",
-        "gauge",
-        "Value is 1 if the node needs a restart, 0 otherwise.",
-        b(r.pending_restart),
-    );
-    o.metric(
-        "patroni_is_paused",
-        "gauge",
-        "Value is 1 if auto failover is disabled, 0 otherwise.",
-        b(r.pause),
-    );
-    postgres_state(&mut o, &st.state);
-    o.text
+    let streaming_known = r.server_version.unwrap_or(0) >= 90600;
+    let v = match name {
+        "patroni_version" => version_digits(),
+        "patroni_postgres_running" => b(r.is_running()),
+        "patroni_postmaster_start_time" => seconds(r.postmaster_start_time.as_deref()),
+        "patroni_primary" => b(r.role == Role::Primary),
+        "patroni_xlog_location" => location.to_string(),
+        "patroni_standby_leader" => b(r.role == Role::StandbyLeader),
+        "patroni_replica" => b(r.role == Role::Replica),
+        "patroni_sync_standby" => b(r.sync_standby),
+        "patroni_quorum_standby" => b(r.quorum_standby),
+        "patroni_xlog_received_location" => received.to_string(),
+        "patroni_xlog_replayed_location" => replayed.to_string(),
+        "patroni_xlog_replayed_timestamp" => seconds(ts),
+        "patroni_xlog_paused" => b(paused),
+        "patroni_postgres_streaming" if streaming_known => b(rs == Some("streaming")),
+        "patroni_postgres_in_archive_recovery" if streaming_known => {
+            b(rs == Some("in archive recovery"))
+        }
+        "patroni_postgres_server_version" => r.server_version.unwrap_or(0).to_string(),
+        "patroni_cluster_unlocked" => b(r.cluster_unlocked),
+        // Failsafe mode is not implemented yet, so it is never active.
+        "patroni_failsafe_mode_is_active" => b(false),
+        "patroni_postgres_timeline" => r.timeline.unwrap_or(0).to_string(),
+        "patroni_dcs_last_seen" => r.dcs_last_seen.to_string(),
+        "patroni_pending_restart" => b(r.pending_restart),
+        "patroni_is_paused" => b(r.pause),
+        _ => return None,
+    };
+    Some(v)
 }
 
-fn postgres_state(o: &mut Out, state: &PgState) {
+/// "4.1.0" -> "040100", as upstream pads each part to two digits.
+fn version_digits() -> String {
+    crate::PATRONI_VERSION
+        .split('.')
+        .map(|p| format!("{p:0>2}"))
+        .collect()
+}
+
+fn seconds(ts: Option<&str>) -> String {
+    ts.and_then(epoch).unwrap_or(0.0).to_string()
+}
+
+fn postgres_state(text: &mut String, labels: &str, state: &PgState) {
     let values: Vec<String> = STATE_VALUES
         .iter()
         .enumerate()
@@ -224,17 +244,18 @@ fn postgres_state(o: &mut Out, state: &PgState) {
         .iter()
         .position(|(_, s)| s == state)
         .map_or(-1, |i| i as i64);
+    let name = "patroni_postgres_state";
     let _ = writeln!(
-        o.text,
-        "# HELP patroni_postgres_state Numeric representation of Postgres state."
+        text,
+        "# HELP {name} Numeric representation of Postgres state."
     );
-    let _ = writeln!(o.text, "# Values: {}", values.join(", "));
-    let _ = writeln!(o.text, "# TYPE patroni_postgres_state gauge");
-    let _ = writeln!(o.text, "patroni_postgres_state{} {value}", o.labels);
+    let _ = writeln!(text, "# Values: {}", values.join(", "));
+    let _ = writeln!(text, "# TYPE {name} gauge");
+    let _ = writeln!(text, "{name}{labels} {value}");
 }
 
-fn b(v: bool) -> u8 {
-    u8::from(v)
+fn b(v: bool) -> String {
+    u8::from(v).to_string()
 }
 
 fn escape(s: &str) -> String {
