@@ -27,6 +27,7 @@ trait Backend {
     /// Write any value at a key relative to the cluster prefix, bypassing the backend.
     async fn put_raw(&self, rel: &str, value: &str);
     async fn get_raw(&self, rel: &str) -> Option<String>;
+    async fn delete_raw(&self, rel: &str);
     fn stop(&self);
     fn restart(&self);
 }
@@ -56,6 +57,9 @@ impl Backend for MemBackend {
         self.store
             .get_raw(&format!("{PREFIX}{rel}"))
             .map(|(v, _, _)| v)
+    }
+    async fn delete_raw(&self, rel: &str) {
+        self.store.delete_raw(&format!("{PREFIX}{rel}"));
     }
     fn stop(&self) {
         self.store.set_unreachable(true);
@@ -124,6 +128,12 @@ impl Backend for EtcdBackend {
         resp.kvs()
             .first()
             .map(|kv| kv.value_str().expect("utf8").to_string())
+    }
+    async fn delete_raw(&self, rel: &str) {
+        let mut c = self.raw.clone();
+        c.delete(format!("{PREFIX}{rel}"), None)
+            .await
+            .expect("raw delete");
     }
     fn stop(&self) {
         tokio::task::block_in_place(|| self.etcd.lock().unwrap().stop());
@@ -459,6 +469,13 @@ async fn watch_leader_wakes_and_times_out<B: Backend>(b: &B) {
         start.elapsed()
     );
 
+    // Dropping a pending watch (the caller's select! picked another branch) is harmless.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        y.watch_leader(Some(version), Duration::from_secs(10)),
+    );
+    assert!(dropped.await.is_err());
+
     // Deleting the leader key wakes the watcher within a second.
     let watcher = {
         let y = y.clone();
@@ -479,6 +496,38 @@ async fn watch_leader_wakes_and_times_out<B: Backend>(b: &B) {
             .unwrap()
     );
     assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+async fn ttl_change_moves_keys_to_a_new_lease<B: Backend>(b: &B) {
+    let x = b.member("pg0").await;
+    assert!(x.attempt_to_acquire_leader().await.unwrap());
+    assert!(x.touch_member(&MemberData::default()).await.unwrap());
+    let before = x.get_cluster().await.unwrap().leader.unwrap();
+
+    x.set_ttl(b.ttl() * 2).await;
+    assert!(x.update_leader(None).await.unwrap());
+    assert!(x.touch_member(&MemberData::default()).await.unwrap());
+    let c = x.get_cluster().await.unwrap();
+    let after = c.leader.clone().unwrap();
+    assert_eq!(after.name, "pg0");
+    assert_ne!(
+        after.session, before.session,
+        "leader key moved to the new lease"
+    );
+    assert_eq!(c.member("pg0").unwrap().session, after.session);
+    // Moving the key to another lease is not a leader change for watchers.
+    let w = x
+        .watch_leader(Some(before.version), Duration::from_millis(300))
+        .await;
+    assert!(!w.unwrap());
+
+    // As upstream: the holder re-creates a leader key that vanished under it.
+    b.delete_raw("leader").await;
+    assert!(x.update_leader(None).await.unwrap());
+    assert_eq!(
+        leader_of(&x.get_cluster().await.unwrap()).as_deref(),
+        Some("pg0")
+    );
 }
 
 /// Every call of an unreachable store is an `Err` (never `Ok(false)`), within the budget.
@@ -563,5 +612,32 @@ contract!(
     history_status_failsafe_round_trip,
     garbage_is_tolerated,
     watch_leader_wakes_and_times_out,
+    ttl_change_moves_keys_to_a_new_lease,
     outage_is_an_error_and_recovers,
 );
+
+/// etcd only: with one dead endpoint in the list, calls still succeed via the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_dead_endpoint_is_skipped() {
+    let b = EtcdBackend::start().await;
+    let dead = support::free_port();
+    let mut cfg = b.cfg.clone();
+    let live = b.etcd.lock().unwrap().client_port;
+    cfg.hosts = Some(serde_json::json!([
+        format!("127.0.0.1:{dead}"),
+        format!("127.0.0.1:{live}")
+    ]));
+    let x = Etcd3Dcs::connect(&cfg, NAMESPACE, SCOPE, "pg0", b.ttl(), b.retry_timeout())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert!(x.attempt_to_acquire_leader().await.is_ok());
+        assert!(x.get_cluster().await.unwrap().leader.is_some());
+        assert!(
+            start.elapsed() < b.retry_timeout() * 2,
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

@@ -206,7 +206,9 @@ impl Etcd3Dcs {
     async fn bounded<T>(&self, fut: impl Future<Output = DcsResult<T>>) -> DcsResult<T> {
         let budget = self.settings().retry_timeout;
         let deadline = Instant::now() + budget;
-        match tokio::time::timeout_at(deadline, DEADLINE.scope(deadline, fut)).await {
+        // The slack lets the requests report their own, more telling, error first.
+        let hard_stop = deadline + Duration::from_millis(250);
+        match tokio::time::timeout_at(hard_stop, DEADLINE.scope(deadline, fut)).await {
             Ok(r) => r,
             Err(_) => Err(DcsError::Timeout(budget)),
         }
