@@ -15,7 +15,12 @@ impl Etcd {
         let dir = TestDir::new("etcd-");
         let client_port = free_port();
         let peer_port = free_port();
-        let mut e = Etcd { client_port, peer_port, dir, guard: None };
+        let mut e = Etcd {
+            client_port,
+            peer_port,
+            dir,
+            guard: None,
+        };
         e.restart();
         e
     }
@@ -29,13 +34,20 @@ impl Etcd {
         let mut cmd = Command::new("etcd");
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        cmd.arg("--name").arg("test")
-            .arg("--data-dir").arg(self.dir.join("data"))
-            .arg("--listen-client-urls").arg(&client)
-            .arg("--advertise-client-urls").arg(&client)
-            .arg("--listen-peer-urls").arg(&peer)
-            .arg("--initial-advertise-peer-urls").arg(&peer)
-            .arg("--initial-cluster").arg(format!("test={peer}"))
+        cmd.arg("--name")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("test={peer}"))
             .arg("--enable-v2=true");
         let log = self.dir.join("etcd.log");
         self.guard = Some(ChildGuard::spawn("etcd", cmd, false, &log));
@@ -45,6 +57,19 @@ impl Etcd {
     pub fn stop(&mut self) {
         if let Some(mut g) = self.guard.take() {
             g.kill9();
+        }
+    }
+}
+
+impl Etcd {
+    /// An `etcd3:` configuration section pointing at this server.
+    pub fn etcd3_config(&self) -> patroni::config::Etcd3Config {
+        patroni::config::Etcd3Config {
+            hosts: Some(serde_json::Value::String(format!(
+                "127.0.0.1:{}",
+                self.client_port
+            ))),
+            ..Default::default()
         }
     }
 }

@@ -32,7 +32,10 @@ pub fn run_as() -> Option<(u32, u32)> {
     if unsafe { libc::geteuid() } != 0 {
         return None;
     }
-    let u = nix::unistd::User::from_name("postgres").ok().flatten().expect("user postgres exists");
+    let u = nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .expect("user postgres exists");
     Some((u.uid.as_raw(), u.gid.as_raw()))
 }
 
@@ -43,7 +46,10 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new(prefix: &str) -> TestDir {
-        let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("tempdir");
         chown_for_postgres(dir.path());
         TestDir { dir }
     }
@@ -76,13 +82,18 @@ impl ChildGuard {
     pub fn spawn(name: &str, mut cmd: Command, unprivileged: bool, log: &Path) -> ChildGuard {
         let out = std::fs::File::create(log).expect("log file");
         chown_for_postgres(log);
-        cmd.stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null());
+        cmd.stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null());
         cmd.process_group(0);
         if unprivileged && let Some((uid, gid)) = run_as() {
             cmd.uid(uid).gid(gid);
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        ChildGuard { child, name: name.to_string() }
+        ChildGuard {
+            child,
+            name: name.to_string(),
+        }
     }
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -103,7 +114,10 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         // Whole group: the daemon and any postmaster it started share it unless they setsid.
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -125,7 +139,13 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> O
 
 /// Wait until something accepts TCP connections on 127.0.0.1:`port`.
 pub fn wait_port(port: u16, timeout: Duration) {
-    eventually(timeout, &format!("port {port} to accept connections"), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-    });
+    eventually(
+        timeout,
+        &format!("port {port} to accept connections"),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        },
+    );
 }
