@@ -378,14 +378,12 @@ impl Cluster {
                         });
                     }
                 },
-                keys::LEADER => {
-                    if !n.value.is_empty() {
-                        c.leader = Some(Leader {
-                            name: n.value.clone(),
-                            version: n.version,
-                            session: n.session,
-                        })
-                    }
+                keys::LEADER if !n.value.is_empty() => {
+                    c.leader = Some(Leader {
+                        name: n.value.clone(),
+                        version: n.version,
+                        session: n.session,
+                    })
                 }
                 keys::FAILOVER => c.failover = parse_failover(n, &mut c.parse_warnings),
                 keys::SYNC => match serde_json::from_str::<SyncState>(&n.value) {
