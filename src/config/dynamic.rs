@@ -162,10 +162,10 @@ fn coerce(key: &str, v: &Value) -> Value {
         if let Some(n) = super::pg_params::parse_int(v).filter(|n| *n >= 0) {
             return Value::from(n);
         }
-    } else if BOOL_KEYS.contains(&key) || key == "use_pg_rewind" || key == "use_slots" {
-        if let Some(b) = super::pg_params::parse_bool(v) {
-            return Value::Bool(b);
-        }
+    } else if (BOOL_KEYS.contains(&key) || key == "use_pg_rewind" || key == "use_slots")
+        && let Some(b) = super::pg_params::parse_bool(v)
+    {
+        return Value::Bool(b);
     }
     v.clone()
 }
@@ -180,11 +180,11 @@ impl DynamicConfig {
     pub fn from_map(map: &Map<String, Value>) -> (DynamicConfig, Vec<String>) {
         let mut warnings = Vec::new();
         let mut good = Map::new();
-        for (key, raw) in map {
+        // A key written with no value (`parameters:` with every line commented out) is unset.
+        for (key, raw) in map.iter().filter(|(_, v)| !v.is_null()) {
             let value = if key == "postgresql" {
                 match raw {
                     Value::Object(pg) => Value::Object(tolerant_postgresql(pg, &mut warnings)),
-                    Value::Null => continue,
                     other => {
                         warnings.push(format!(
                             "postgresql: must be a mapping, got {}; ignored",
@@ -281,7 +281,7 @@ impl DynamicConfig {
 /// Reads the DCS `postgresql` section key by key, dropping (with a warning) what does not fit.
 fn tolerant_postgresql(pg: &Map<String, Value>, warnings: &mut Vec<String>) -> Map<String, Value> {
     let mut good = Map::new();
-    for (key, raw) in pg {
+    for (key, raw) in pg.iter().filter(|(_, v)| !v.is_null()) {
         let value = coerce(key, raw);
         let mut probe = Map::new();
         probe.insert(key.clone(), value.clone());
@@ -343,4 +343,209 @@ pub fn merge_local(local: &Config, dynamic: &DynamicConfig) -> DynamicConfig {
         out.postgresql.recovery_conf = Some(rc.clone());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn enforce_timing_table() {
+        // (ttl, loop_wait, retry_timeout) -> adjusted, warned?
+        let cases = [
+            ((30, 10, 10), (30, 10, 10), false),
+            ((30, 15, 10), (30, 10, 10), true), // loop_wait reduced first
+            ((20, 10, 10), (20, 1, 9), true),   // then retry_timeout, loop_wait at 1
+            ((10, 10, 10), (20, 1, 9), true),   // ttl raised to its minimum first
+            ((30, 0, 1), (30, 1, 3), true),     // minimums
+            ((40, 10, 15), (40, 10, 15), false), // exactly on the rule
+        ];
+        for ((ttl, lw, rt), (ettl, elw, ert), warned) in cases {
+            let mut c = DynamicConfig {
+                ttl,
+                loop_wait: lw,
+                retry_timeout: rt,
+                ..DynamicConfig::default()
+            };
+            let w = c.enforce_timing();
+            assert_eq!(
+                (c.ttl, c.loop_wait, c.retry_timeout),
+                (ettl, elw, ert),
+                "{ttl}/{lw}/{rt}"
+            );
+            assert_eq!(w.is_some(), warned, "{ttl}/{lw}/{rt}: {w:?}");
+        }
+        let mut c = DynamicConfig {
+            ttl: 20,
+            loop_wait: 10,
+            retry_timeout: 10,
+            ..DynamicConfig::default()
+        };
+        let w = c.enforce_timing().expect("warning");
+        assert!(
+            w.contains("ttl (20) must be at least loop_wait + 2*retry_timeout (30)"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn from_map_keeps_defaults_for_bad_values() {
+        let (c, w) = DynamicConfig::from_map(&obj(json!({
+            "ttl": "ten", "loop_wait": "5", "pause": "on", "synchronous_node_count": -1,
+            "postgresql": {"use_slots": "maybe", "use_pg_rewind": true, "parameters": {"max_connections": 200}},
+            "master_start_timeout": 10, "future_setting": 1
+        })));
+        assert_eq!(c.ttl, 30);
+        assert_eq!(c.loop_wait, 5);
+        assert!(c.pause);
+        assert_eq!(c.synchronous_node_count, 1);
+        assert!(c.postgresql.use_slots);
+        assert!(c.postgresql.use_pg_rewind);
+        assert_eq!(c.primary_start_timeout, 10);
+        assert_eq!(c.extra.get("future_setting"), Some(&json!(1)));
+        let joined = w.join("\n");
+        for needle in [
+            "ttl: invalid value \"ten\"",
+            "synchronous_node_count",
+            "postgresql.use_slots",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing in {joined}");
+        }
+        assert_eq!(w.len(), 3, "{w:?}");
+    }
+
+    #[test]
+    fn from_map_not_an_object_postgresql_and_timing() {
+        let (c, w) = DynamicConfig::from_map(&obj(json!({"postgresql": 5, "ttl": 10})));
+        assert_eq!(c.postgresql, DynamicPostgresql::default());
+        assert_eq!(c.ttl, 20);
+        assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn validate_map_table() {
+        let cases: Vec<(Value, Vec<&str>)> = vec![
+            (
+                json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10}),
+                vec![],
+            ),
+            (json!({"loop_wait": "ten"}), vec!["loop_wait"]),
+            (json!({"ttl": 10}), vec!["ttl", "ttl"]), // below minimum, and breaks the rule
+            (json!({"ttl": 25}), vec!["ttl"]),
+            (
+                json!({"retry_timeout": 1, "loop_wait": 0}),
+                vec!["retry_timeout", "loop_wait"],
+            ),
+            (
+                json!({"synchronous_mode": "quorum", "pause": "yes"}),
+                vec![],
+            ),
+            (
+                json!({"synchronous_mode": "sometimes", "failsafe_mode": 3}),
+                vec!["failsafe_mode", "synchronous_mode"],
+            ),
+            (json!({"member_slots_ttl": "30min"}), vec![]),
+            (
+                json!({"member_slots_ttl": "soon"}),
+                vec!["member_slots_ttl"],
+            ),
+            (
+                json!({"standby_cluster": {"host": "h", "port": "x"}}),
+                vec!["standby_cluster.port"],
+            ),
+            (
+                json!({"slots": {"s1": null, "s2": {"type": "logical", "database": "db"}}}),
+                vec!["slots.s2.plugin"],
+            ),
+            (
+                json!({"postgresql": {"parameters": {"max_connections": 10, "wal_level": "minimal", "port": 1, "work_mem": "4MB"}}}),
+                vec![
+                    "postgresql.parameters.max_connections",
+                    "postgresql.parameters.port",
+                    "postgresql.parameters.wal_level",
+                ],
+            ),
+            (
+                json!({"postgresql": {"pg_hba": "host all all"}}),
+                vec!["postgresql.pg_hba"],
+            ),
+            (
+                json!({"ignore_slots": [{"name": "x"}, 3]}),
+                vec!["ignore_slots[1]"],
+            ),
+        ];
+        for (input, mut want) in cases {
+            let mut got: Vec<String> = DynamicConfig::validate_map(&obj(input.clone()))
+                .into_iter()
+                .map(|i| i.path)
+                .collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{input}");
+        }
+        let msg = DynamicConfig::validate_map(&obj(json!({"loop_wait": "ten"})))[0].to_string();
+        assert_eq!(
+            msg,
+            "loop_wait: must be an integer number of seconds, got \"ten\""
+        );
+    }
+
+    #[test]
+    fn merge_patch_table() {
+        let cases = [
+            (
+                json!({"a": 1, "b": {"c": 2, "d": 3}}),
+                json!({"b": {"c": null, "e": 4}, "f": 5}),
+                json!({"a": 1, "b": {"d": 3, "e": 4}, "f": 5}),
+            ),
+            (json!({"a": {"b": 1}}), json!({"a": 2}), json!({"a": 2})),
+            (
+                json!({"a": 2}),
+                json!({"a": {"b": null, "c": 1}}),
+                json!({"a": {"c": 1}}),
+            ),
+            (json!({"a": [1, 2]}), json!({"a": [3]}), json!({"a": [3]})),
+            (json!({}), json!({"x": null}), json!({})),
+        ];
+        for (target, patch, want) in cases {
+            let mut t = obj(target);
+            deep_merge_patch(&mut t, &obj(patch.clone()));
+            assert_eq!(Value::Object(t), want, "{patch}");
+        }
+    }
+
+    #[test]
+    fn merge_local_overrides_postgresql_but_not_cluster_wide_settings() {
+        let local: Config = serde_json::from_value(json!({
+            "ttl": 99,
+            "postgresql": {"use_pg_rewind": true, "pg_hba": ["local all all trust"],
+                           "parameters": {"work_mem": "8MB", "max_connections": 500}}
+        }))
+        .unwrap();
+        let (dynamic, _) = DynamicConfig::from_map(&obj(json!({
+            "loop_wait": 5,
+            "postgresql": {"parameters": {"work_mem": "4MB", "shared_buffers": "1GB", "max_connections": 300}}
+        })));
+        let m = merge_local(&local, &dynamic);
+        assert_eq!(
+            m.ttl, 30,
+            "local top-level ttl does not override, as upstream"
+        );
+        assert_eq!(m.loop_wait, 5);
+        assert!(m.postgresql.use_pg_rewind);
+        assert_eq!(
+            m.postgresql.pg_hba,
+            Some(vec!["local all all trust".to_string()])
+        );
+        let p = &m.postgresql.parameters;
+        assert_eq!(p["work_mem"], json!("8MB"));
+        assert_eq!(p["shared_buffers"], json!("1GB"));
+        assert_eq!(p["max_connections"], json!(300));
+        assert_eq!(p["wal_level"], json!("hot_standby"));
+    }
 }

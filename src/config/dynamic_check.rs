@@ -8,6 +8,13 @@ use serde_json::{Map, Value};
 
 /// Validates `map`; issue paths are `prefix.key` (or just `key` when `prefix` is empty).
 pub fn validate_dynamic_map(map: &Map<String, Value>, prefix: &str) -> Vec<ConfigIssue> {
+    // A key written without a value is unset, as when reading the configuration.
+    let owned: Map<String, Value> = map
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let map = &owned;
     let mut out = Vec::new();
     let at = |k: &str| join_path(prefix, k);
     let timing = [
@@ -110,14 +117,14 @@ fn check_int(
 }
 
 fn check_bool(v: Option<&Value>, path: &str, out: &mut Vec<ConfigIssue>) {
-    if let Some(v) = v {
-        if parse_bool(v).is_none() {
-            issue(
-                out,
-                path,
-                format!("must be true or false, got {}", describe_value(v)),
-            );
-        }
+    if let Some(v) = v
+        && parse_bool(v).is_none()
+    {
+        issue(
+            out,
+            path,
+            format!("must be true or false, got {}", describe_value(v)),
+        );
     }
 }
 
@@ -206,14 +213,14 @@ fn expect_map<'a>(
 }
 
 fn check_str(v: Option<&Value>, path: &str, out: &mut Vec<ConfigIssue>) {
-    if let Some(v) = v {
-        if !v.is_string() {
-            issue(
-                out,
-                path,
-                format!("must be a string, got {}", describe_value(v)),
-            );
-        }
+    if let Some(v) = v
+        && !v.is_string()
+    {
+        issue(
+            out,
+            path,
+            format!("must be a string, got {}", describe_value(v)),
+        );
     }
 }
 
@@ -248,14 +255,14 @@ fn check_standby_cluster(v: Option<&Value>, path: &str, out: &mut Vec<ConfigIssu
     ] {
         check_str(m.get(key), &join_path(path, key), out);
     }
-    if let Some(p) = m.get("port") {
-        if !parse_int(p).is_some_and(|n| (1..=65535).contains(&n)) {
-            issue(
-                out,
-                &join_path(path, "port"),
-                format!("must be a port number, got {}", describe_value(p)),
-            );
-        }
+    if let Some(p) = m.get("port")
+        && !parse_int(p).is_some_and(|n| (1..=65535).contains(&n))
+    {
+        issue(
+            out,
+            &join_path(path, "port"),
+            format!("must be a port number, got {}", describe_value(p)),
+        );
     }
     check_str_list(
         m.get("create_replica_methods"),
@@ -348,10 +355,10 @@ fn check_postgresql(v: Option<&Value>, path: &str, out: &mut Vec<ConfigIssue>) {
         return;
     };
     for (name, value) in params {
-        if let Some(p) = controlled(name) {
-            if let Err(why) = check_controlled(p, value) {
-                issue(out, &join_path(&ppath, name), why);
-            }
+        if let Some(p) = controlled(name)
+            && let Err(why) = check_controlled(p, value)
+        {
+            issue(out, &join_path(&ppath, name), why);
         }
     }
 }

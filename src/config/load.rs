@@ -237,16 +237,16 @@ fn section_mut<'a>(
 /// default the way upstream's runtime does.
 fn normalise(map: &mut Map<String, Value>, warnings: &mut Vec<String>) {
     for dcs in ["etcd3", "etcd"] {
-        if let Some(s) = section_mut(map, dcs) {
-            if let Some(Value::String(h)) = s.get("hosts") {
-                let list: Vec<Value> = h
-                    .split(',')
-                    .map(|x| x.trim().trim_matches(['\'', '"']))
-                    .filter(|x| !x.is_empty())
-                    .map(Value::from)
-                    .collect();
-                s.insert("hosts".into(), Value::Array(list));
-            }
+        if let Some(s) = section_mut(map, dcs)
+            && let Some(Value::String(h)) = s.get("hosts")
+        {
+            let list: Vec<Value> = h
+                .split(',')
+                .map(|x| x.trim().trim_matches(['\'', '"']))
+                .filter(|x| !x.is_empty())
+                .map(Value::from)
+                .collect();
+            s.insert("hosts".into(), Value::Array(list));
         }
     }
     if let Some(Value::String(ns)) = map.get("namespace") {
@@ -342,4 +342,108 @@ fn ineffective_settings(map: &Map<String, Value>) -> Vec<String> {
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lenient(yaml: &str) -> (Loaded, Vec<ConfigIssue>) {
+        finish(parse_yaml(yaml, "test").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn type_errors_become_issues_and_defaults_apply() {
+        let (l, issues) = lenient(
+            "name: n\npostgresql:\n  pg_ctl_timeout: soon\n  use_pg_rewind: maybe\n  pg_hba: [a, {b: 1}]\n\
+             restapi: 5\ntags:\n  nofailover: perhaps\n  custom: 1\n",
+        );
+        let mut paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "postgresql.pg_ctl_timeout",
+                "postgresql.pg_hba[1]",
+                "postgresql.use_pg_rewind",
+                "restapi",
+                "tags.nofailover"
+            ]
+        );
+        assert_eq!(l.config.postgresql.pg_ctl_timeout, 60);
+        assert_eq!(l.config.postgresql.pg_hba, Some(vec!["a".to_string()]));
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn unknown_keys_are_warned_with_paths() {
+        let (l, issues) = lenient(
+            "name: n\nfoo: 1\nttl: 30\npostgresql:\n  bar: 2\n  create_replica_methods: [wal_e]\n  wal_e: {command: x}\n\
+             restapi:\n  authentication: {username: u, password: 1234, realm: r}\nbootstrap:\n  method: mine\n  mine: {command: y}\n  dcs: {zzz: 1}\n",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let w = l.warnings.join("\n");
+        for needle in [
+            "unknown key foo, kept and ignored",
+            "unknown key postgresql.bar, kept and ignored",
+            "unknown key restapi.authentication.realm",
+            "unknown key bootstrap.dcs.zzz",
+            "ttl at the top level",
+        ] {
+            assert!(w.contains(needle), "{needle} not in {w}");
+        }
+        assert!(!w.contains("wal_e") && !w.contains("bootstrap.mine"), "{w}");
+        assert_eq!(l.config.extra.get("foo"), Some(&Value::from(1)));
+        assert_eq!(
+            l.config.restapi.authentication.unwrap().password.as_deref(),
+            Some("1234")
+        );
+    }
+
+    #[test]
+    fn normalisation_table() {
+        let cases = [
+            ("namespace: service", "/service/"),
+            ("namespace: /a//b", "/a/b/"),
+            ("namespace: /", "/service/"),
+            ("scope: x", "/service/"),
+        ];
+        for (yaml, ns) in cases {
+            assert_eq!(lenient(yaml).0.config.namespace, ns, "{yaml}");
+        }
+        let (l, _) = lenient(
+            "etcd3: {hosts: \"a:1, 'b:2',\"}\nrestapi: {listen: 10.0.0.1:8008}\npostgresql: {listen: '0.0.0.0:5432'}",
+        );
+        assert_eq!(
+            l.config.etcd3.unwrap().hosts,
+            Some(serde_json::json!(["a:1", "b:2"]))
+        );
+        assert_eq!(l.config.restapi.connect_address, "10.0.0.1:8008");
+        assert_eq!(l.config.postgresql.connect_address, "");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = parse_yaml("a: 1\nb: [\n", "f.yml").unwrap_err();
+        match e {
+            ConfigError::Syntax { line, column, .. } => {
+                assert!(line >= 2 && column >= 1, "{line}:{column}")
+            }
+            other => panic!("{other}"),
+        }
+        assert!(matches!(
+            parse_yaml("- a", "f"),
+            Err(ConfigError::NotAMapping { .. })
+        ));
+    }
+
+    #[test]
+    fn both_post_bootstrap_names_is_an_issue() {
+        let (l, issues) = lenient("bootstrap: {post_init: a, post_bootstrap: b}");
+        assert_eq!(issues[0].path, "bootstrap.post_init");
+        assert_eq!(l.config.bootstrap.post_bootstrap.as_deref(), Some("b"));
+        let (l, issues) = lenient("bootstrap: {post_init: a}");
+        assert!(issues.is_empty());
+        assert_eq!(l.config.bootstrap.post_bootstrap.as_deref(), Some("a"));
+    }
 }

@@ -320,3 +320,112 @@ pub fn effective_pg_parameters(
         .filter_map(|(k, v)| render_value(v).map(|s| (k.clone(), s)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(v: Value) -> Config {
+        serde_json::from_value(v).expect("config")
+    }
+
+    fn dynamic(v: Value) -> DynamicConfig {
+        DynamicConfig::from_map(v.as_object().unwrap()).0
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let local = config(json!({"scope": "batman", "postgresql": {"listen": "127.0.0.1:5433"}}));
+        let p = effective_pg_parameters(&local, &DynamicConfig::default());
+        let want = [
+            ("listen_addresses", "127.0.0.1"),
+            ("port", "5433"),
+            ("cluster_name", "batman"),
+            ("wal_level", "replica"),
+            ("hot_standby", "on"),
+            ("max_connections", "100"),
+            ("max_wal_senders", "10"),
+            ("max_prepared_transactions", "0"),
+            ("max_locks_per_transaction", "64"),
+            ("track_commit_timestamp", "off"),
+            ("max_replication_slots", "10"),
+            ("max_worker_processes", "8"),
+            ("wal_log_hints", "on"),
+            ("wal_keep_size", "128MB"),
+        ];
+        let want: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(p, want);
+        for name in CMDLINE_PARAMS {
+            assert!(p.contains_key(*name), "{name}");
+        }
+    }
+
+    #[test]
+    fn dynamic_and_local_merge() {
+        let local = config(
+            json!({"scope": "s", "postgresql": {"listen": "0.0.0.0,::1:5432",
+            "parameters": {"work_mem": "8MB", "max_connections": 1000, "ssl": true, "null_one": null}}}),
+        );
+        let d = dynamic(json!({"postgresql": {"parameters": {
+            "max_connections": "200", "max_wal_senders": 1, "hot_standby": "off", "wal_level": "logical",
+            "wal_keep_segments": 10, "track_commit_timestamp": true, "work_mem": "4MB", "port": 1, "Max_Locks_Per_Transaction": 128}}}));
+        let p = effective_pg_parameters(&local, &d);
+        let expect = [
+            ("max_connections", "200"), // dynamic wins; local ignored
+            ("max_wal_senders", "10"),  // below minimum: default
+            ("hot_standby", "on"),      // must be on
+            ("wal_level", "logical"),
+            ("wal_keep_size", "160MB"),       // 10 segments of 16MB
+            ("track_commit_timestamp", "on"), // bool rendered on/off
+            ("work_mem", "8MB"),              // local wins for ordinary GUCs
+            ("ssl", "on"),
+            ("port", "5432"),
+            ("listen_addresses", "0.0.0.0,::1"),
+            ("max_locks_per_transaction", "128"),
+        ];
+        for (k, v) in expect {
+            assert_eq!(p.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert!(!p.contains_key("wal_keep_segments"));
+        assert!(!p.contains_key("null_one"));
+        assert!(!p.contains_key("Max_Locks_Per_Transaction"));
+    }
+
+    #[test]
+    fn check_controlled_table() {
+        let cases = [
+            ("max_connections", json!(25), true),
+            ("max_connections", json!("24"), false),
+            ("max_connections", json!("many"), false),
+            ("wal_level", json!("REPLICA"), true),
+            ("wal_level", json!("minimal"), false),
+            ("hot_standby", json!("on"), true),
+            ("hot_standby", json!(false), false),
+            ("wal_log_hints", json!("off"), true),
+            ("track_commit_timestamp", json!("maybe"), false),
+            ("wal_keep_size", json!("1GB"), true),
+            ("wal_keep_size", json!("8MB"), false),
+            ("wal_keep_size", json!(64), true),
+            ("listen_addresses", json!("*"), false),
+        ];
+        for (name, v, ok) in cases {
+            let p = controlled(name).unwrap();
+            assert_eq!(check_controlled(p, &v).is_ok(), ok, "{name}={v}");
+        }
+    }
+
+    #[test]
+    fn render_and_split() {
+        assert_eq!(render_value(&json!(true)).as_deref(), Some("on"));
+        assert_eq!(render_value(&json!(false)).as_deref(), Some("off"));
+        assert_eq!(render_value(&json!(1.5)).as_deref(), Some("1.5"));
+        assert_eq!(render_value(&Value::Null), None);
+        assert_eq!(split_listen("h:1"), ("h".into(), "1".into()));
+        assert_eq!(split_listen("h"), ("h".into(), "5432".into()));
+        assert_eq!(split_listen("[::1]:5432"), ("::1".into(), "5432".into()));
+    }
+}

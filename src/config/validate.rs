@@ -145,13 +145,13 @@ fn check_connect(value: &str, path: &str, out: &mut Issues) {
 fn check_restapi(cfg: &Config, out: &mut Issues) {
     check_listen(&cfg.restapi.listen, "restapi.listen", out);
     check_connect(&cfg.restapi.connect_address, "restapi.connect_address", out);
-    if let Some(v) = &cfg.restapi.verify_client {
-        if !["none", "optional", "required"].contains(&v.as_str()) {
-            out.add(
-                "restapi.verify_client",
-                format!("must be none, optional or required, got {v:?}"),
-            );
-        }
+    if let Some(v) = &cfg.restapi.verify_client
+        && !["none", "optional", "required"].contains(&v.as_str())
+    {
+        out.add(
+            "restapi.verify_client",
+            format!("must be none, optional or required, got {v:?}"),
+        );
     }
     if let Some(a) = &cfg.restapi.authentication {
         check_credentials(a, "restapi.authentication", true, out);
@@ -268,10 +268,10 @@ fn check_etcd_section(e: &Etcd3Config, path: &str, out: &mut Issues) {
             "needs one of host, hosts, url, proxy or srv to find the etcd cluster",
         );
     }
-    if let Some(h) = &e.host {
-        if let Err(m) = host_port(h) {
-            out.add(&format!("{path}.host"), m);
-        }
+    if let Some(h) = &e.host
+        && let Err(m) = host_port(h)
+    {
+        out.add(&format!("{path}.host"), m);
     }
     if let Some(Value::Array(hosts)) = &e.hosts {
         for (i, h) in hosts.iter().enumerate() {
@@ -283,21 +283,22 @@ fn check_etcd_section(e: &Etcd3Config, path: &str, out: &mut Issues) {
             }
         }
     }
-    if let Some(p) = &e.protocol {
-        if p != "http" && p != "https" {
-            out.add(
-                &format!("{path}.protocol"),
-                format!("must be http or https, got {p:?}"),
-            );
-        }
+    if let Some(p) = &e.protocol
+        && p != "http"
+        && p != "https"
+    {
+        out.add(
+            &format!("{path}.protocol"),
+            format!("must be http or https, got {p:?}"),
+        );
     }
-    if let Some(u) = &e.url {
-        if !(u.starts_with("http://") || u.starts_with("https://")) {
-            out.add(
-                &format!("{path}.url"),
-                format!("must start with http:// or https://, got {u:?}"),
-            );
-        }
+    if let Some(u) = &e.url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        out.add(
+            &format!("{path}.url"),
+            format!("must start with http:// or https://, got {u:?}"),
+        );
     }
 }
 
@@ -412,5 +413,138 @@ pub fn validate_file(
         Ok(loaded)
     } else {
         Err(issues)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn good() -> Value {
+        json!({
+            "name": "n1", "scope": "s",
+            "restapi": {"listen": "127.0.0.1:8008", "connect_address": "127.0.0.1:8008"},
+            "etcd3": {"hosts": ["127.0.0.1:2379"]},
+            "postgresql": {"listen": "127.0.0.1:5432", "connect_address": "127.0.0.1:5432", "data_dir": "/tmp/nonexistent-pgdata",
+                "authentication": {"superuser": {"username": "postgres"}, "replication": {"username": "rep"}}}
+        })
+    }
+
+    fn issues_after(patch: Value) -> Vec<String> {
+        let mut v = good().as_object().cloned().unwrap();
+        crate::config::deep_merge_patch(&mut v, patch.as_object().unwrap());
+        let cfg: Config = serde_json::from_value(Value::Object(v)).unwrap();
+        let mut p: Vec<String> = validate(&cfg).into_iter().map(|i| i.path).collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn validate_table() {
+        let cases: Vec<(Value, Vec<&str>)> = vec![
+            (json!({}), vec![]),
+            (json!({"name": "", "scope": " "}), vec!["name", "scope"]),
+            (
+                json!({"restapi": {"listen": "8008", "connect_address": "0.0.0.0:8008"}}),
+                vec!["restapi.connect_address", "restapi.listen"],
+            ),
+            (
+                json!({"restapi": {"authentication": {"username": "u"}}}),
+                vec!["restapi.authentication.password"],
+            ),
+            (
+                json!({"restapi": {"verify_client": "sometimes"}}),
+                vec!["restapi.verify_client"],
+            ),
+            (
+                json!({"postgresql": {"listen": "h:99999", "connect_address": "", "data_dir": ""}}),
+                vec![
+                    "postgresql.connect_address",
+                    "postgresql.data_dir",
+                    "postgresql.listen",
+                ],
+            ),
+            (
+                json!({"postgresql": {"authentication": {"superuser": {"username": ""}, "replication": null}}}),
+                vec![
+                    "postgresql.authentication.replication.username",
+                    "postgresql.authentication.superuser.username",
+                ],
+            ),
+            (
+                json!({"postgresql": {"bin_dir": "/nonexistent/bin"}}),
+                vec!["postgresql.bin_dir"],
+            ),
+            (
+                json!({"postgresql": {"bin_dir": "/usr/lib/postgresql/15/bin"}}),
+                vec![],
+            ),
+            (
+                json!({"postgresql": {"bin_dir": "/usr/lib/postgresql/15/bin", "bin_name": {"pg_ctl": "nope"}}}),
+                vec!["postgresql.bin_dir"],
+            ),
+            (json!({"etcd3": null}), vec!["etcd3"]),
+            (
+                json!({"etcd3": null, "etcd": {"host": "h:2379"}}),
+                vec!["etcd"],
+            ),
+            (
+                json!({"etcd3": null, "consul": {"host": "h:8500"}}),
+                vec!["consul"],
+            ),
+            (
+                json!({"etcd3": {"hosts": ["nohost"], "protocol": "ftp", "url": "h:1"}}),
+                vec!["etcd3.hosts[0]", "etcd3.protocol", "etcd3.url"],
+            ),
+            (
+                json!({"etcd3": {"hosts": null, "srv": "example.org"}}),
+                vec![],
+            ),
+            (json!({"etcd": {"host": "h:2379"}}), vec![]),
+            (
+                json!({"bootstrap": {"dcs": {"loop_wait": "ten", "ttl": 5}}}),
+                vec!["bootstrap.dcs.loop_wait", "bootstrap.dcs.ttl"],
+            ),
+            (
+                json!({"bootstrap": {"initdb": ["data-checksums", {"encoding": "UTF8"}, {"a": 1, "b": 2}, ["x"], "--nosync", "pgdata", {"locale": {"x": 1}}]}}),
+                vec![
+                    "bootstrap.initdb[2]",
+                    "bootstrap.initdb[3]",
+                    "bootstrap.initdb[4]",
+                    "bootstrap.initdb[5]",
+                    "bootstrap.initdb[6]",
+                ],
+            ),
+            (json!({"loop_wait": "ten"}), vec!["loop_wait"]),
+            (
+                json!({"watchdog": {"mode": "sometimes"}}),
+                vec!["watchdog.mode"],
+            ),
+            (json!({"watchdog": {"mode": false}}), vec![]),
+        ];
+        for (patch, want) in cases {
+            assert_eq!(issues_after(patch.clone()), want, "{patch}");
+        }
+    }
+
+    #[test]
+    fn messages_read_well() {
+        let mut v = good();
+        v["bootstrap"] = json!({"dcs": {"loop_wait": "ten"}});
+        let cfg: Config = serde_json::from_value(v).unwrap();
+        let msgs: Vec<String> = validate(&cfg).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            ["bootstrap.dcs.loop_wait: must be an integer number of seconds, got \"ten\""]
+        );
+        assert_eq!(
+            ConfigIssue {
+                path: String::new(),
+                message: "m".into()
+            }
+            .to_string(),
+            "m"
+        );
     }
 }
