@@ -4,12 +4,18 @@
 //! Unknown keys are kept in `extra` maps and warned about, never fatal.
 
 pub mod dynamic;
+mod dynamic_check;
 pub mod env;
 pub mod load;
+pub mod pg_params;
+mod schema;
 pub mod validate;
 
-pub use dynamic::DynamicConfig;
-pub use load::{ConfigError, load_file, load_str};
+pub use dynamic::{DynamicConfig, deep_merge_patch, merge_local};
+pub use env::apply_env;
+pub use load::{ConfigError, Loaded, load, load_file, load_str};
+pub use pg_params::{CMDLINE_PARAMS, effective_pg_parameters};
+pub use validate::{ConfigIssue, validate, validate_file};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
