@@ -407,7 +407,15 @@ pub fn validate_file(
     path: &Path,
     env: &BTreeMap<String, String>,
 ) -> Result<Loaded, Vec<ConfigIssue>> {
-    let (loaded, mut issues) = load_lenient(Some(path), env).map_err(|e| e.into_issues())?;
+    validate_file_or_env(Some(path), env)
+}
+
+/// Like `validate_file`, with `None` meaning "PATRONI_CONFIGURATION / environment only".
+pub fn validate_file_or_env(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Loaded, Vec<ConfigIssue>> {
+    let (loaded, mut issues) = load_lenient(path, env).map_err(|e| e.into_issues())?;
     issues.extend(validate(&loaded.config));
     if issues.is_empty() {
         Ok(loaded)
