@@ -19,13 +19,22 @@ pub fn parse_map(text: &str) -> BTreeMap<String, String> {
 /// The facts the HA logic needs from the map.
 pub fn from_map(m: &BTreeMap<String, String>) -> Result<ControlData> {
     let get = |k: &str| {
-        m.get(k).cloned().ok_or_else(|| PgError::Parse { what: "pg_controldata".into(), detail: format!("no '{k}'") })
+        m.get(k).cloned().ok_or_else(|| PgError::Parse {
+            what: "pg_controldata".into(),
+            detail: format!("no '{k}'"),
+        })
     };
     let num = |k: &str| -> Result<u32> {
-        get(k)?.parse().map_err(|_| PgError::Parse { what: "pg_controldata".into(), detail: format!("bad '{k}'") })
+        get(k)?.parse().map_err(|_| PgError::Parse {
+            what: "pg_controldata".into(),
+            detail: format!("bad '{k}'"),
+        })
     };
     let lsn = |k: &str| -> Result<u64> {
-        parse_lsn(&get(k)?).ok_or_else(|| PgError::Parse { what: "pg_controldata".into(), detail: format!("bad '{k}'") })
+        parse_lsn(&get(k)?).ok_or_else(|| PgError::Parse {
+            what: "pg_controldata".into(),
+            detail: format!("bad '{k}'"),
+        })
     };
     Ok(ControlData {
         system_identifier: get("Database system identifier")?,
@@ -40,7 +49,10 @@ pub fn from_map(m: &BTreeMap<String, String>) -> Result<ControlData> {
 /// Raw pg_controldata output as a map (English labels: LC_ALL=C).
 pub async fn read_map(s: &PgSettings) -> Result<BTreeMap<String, String>> {
     let mut cmd = process::command(s, "pg_controldata");
-    cmd.arg("-D").arg(s.data_dir()).env("LC_ALL", "C").env("LANG", "C");
+    cmd.arg("-D")
+        .arg(s.data_dir())
+        .env("LC_ALL", "C")
+        .env("LANG", "C");
     let out = process::run(cmd, "pg_controldata", Duration::from_secs(30)).await?;
     Ok(parse_map(&out.stdout))
 }
@@ -83,7 +95,10 @@ wal_log_hints setting:                on
         assert_eq!(c.system_identifier, "7301234567890123456");
         assert_eq!(c.cluster_state, "shut down in recovery");
         assert_eq!((c.timeline, c.checkpoint_lsn), (2, 0x3000060));
-        assert_eq!((c.min_recovery_timeline, c.min_recovery_lsn), (2, 0x30000D8));
+        assert_eq!(
+            (c.min_recovery_timeline, c.min_recovery_lsn),
+            (2, 0x30000D8)
+        );
         assert!(from_map(&parse_map("Database cluster state: x")).is_err());
     }
 }

@@ -6,11 +6,22 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error("could not run {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{program} failed ({status}): {tail}")]
-    CommandFailed { program: String, status: String, tail: String },
+    CommandFailed {
+        program: String,
+        status: String,
+        tail: String,
+    },
     #[error("{what} did not finish within {secs} s: {tail}")]
-    Timeout { what: String, secs: u64, tail: String },
+    Timeout {
+        what: String,
+        secs: u64,
+        tail: String,
+    },
     #[error("postgres did not start: {reason}; log tail: {tail}")]
     StartFailed { reason: String, tail: String },
     #[error("postgres is already running with pid {pid}")]
@@ -22,7 +33,10 @@ pub enum PgError {
     #[error("data directory {0} is not empty")]
     DataDirNotEmpty(PathBuf),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot connect to postgres at {target}: {reason}")]
     Connect { target: String, reason: String },
     #[error("query failed: {0}")]
@@ -49,7 +63,9 @@ pub fn tail(text: &str, max_lines: usize) -> String {
     let joined = lines[start..].join(" | ");
     if joined.len() > 2000 {
         let cut = joined.len() - 2000;
-        let cut = (cut..joined.len()).find(|i| joined.is_char_boundary(*i)).unwrap_or(cut);
+        let cut = (cut..joined.len())
+            .find(|i| joined.is_char_boundary(*i))
+            .unwrap_or(cut);
         format!("...{}", &joined[cut..])
     } else {
         joined

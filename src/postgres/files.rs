@@ -12,12 +12,25 @@ use super::types::ConfigRole;
 
 /// Write `content` to `path` via a temp file in the same directory + fsync + rename, so a
 /// crash never leaves a half-written config. Owned by `owner`, with `mode`.
-pub fn write_atomic(path: &Path, content: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    content: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let fname = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let fname = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{fname}.tmp{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(content.as_bytes())?;
         f.sync_all()?;
@@ -44,7 +57,8 @@ pub fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
 pub fn ensure_dir(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     if !path.exists() {
         std::fs::create_dir_all(path).map_err(io_err(path))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io_err(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(path))?;
         chown(path, owner)?;
     }
     Ok(())
@@ -75,8 +89,16 @@ pub fn write_pgpass(s: &PgSettings) -> Result<()> {
 
 /// Recovery settings for a standby role.
 pub fn recovery_params(s: &PgSettings, role: &ConfigRole) -> Option<RecoveryParams> {
-    let ConfigRole::Standby { upstream, slot_name } = role else { return None };
-    let Some(up) = upstream else { return Some(RecoveryParams::default()) };
+    let ConfigRole::Standby {
+        upstream,
+        slot_name,
+    } = role
+    else {
+        return None;
+    };
+    let Some(up) = upstream else {
+        return Some(RecoveryParams::default());
+    };
     let repl = s.replication();
     let passfile = s.pgpass_path().to_string_lossy().into_owned();
     let ci = conf::primary_conninfo(&ConninfoParams {
@@ -87,11 +109,18 @@ pub fn recovery_params(s: &PgSettings, role: &ConfigRole) -> Option<RecoveryPara
         application_name: &s.name,
     });
     let slot = if s.use_slots {
-        Some(slot_name.clone().unwrap_or_else(|| conf::slot_name_from_member_name(&s.name)))
+        Some(
+            slot_name
+                .clone()
+                .unwrap_or_else(|| conf::slot_name_from_member_name(&s.name)),
+        )
     } else {
         None
     };
-    Some(RecoveryParams { primary_conninfo: Some(ci), primary_slot_name: slot })
+    Some(RecoveryParams {
+        primary_conninfo: Some(ci),
+        primary_slot_name: slot,
+    })
 }
 
 /// Name of the file our postgresql.conf includes. On first use the initdb-made
@@ -119,18 +148,35 @@ pub fn write_config(s: &PgSettings, role: &ConfigRole) -> Result<()> {
     let include = prepare_base_conf(s)?;
     let mut params = s.server_parameters();
     let dir = s.config_dir();
-    params.entry("hba_file".into()).or_insert_with(|| dir.join(conf::PG_HBA_CONF).to_string_lossy().into_owned());
+    params
+        .entry("hba_file".into())
+        .or_insert_with(|| dir.join(conf::PG_HBA_CONF).to_string_lossy().into_owned());
     params
         .entry("ident_file".into())
         .or_insert_with(|| dir.join(conf::PG_IDENT_CONF).to_string_lossy().into_owned());
     let recovery = recovery_params(s, role);
     let text = conf::render_postgresql_conf(&include, &params, recovery.as_ref());
-    write_atomic(&s.config_file(conf::POSTGRESQL_CONF), &text, 0o600, s.run_as)?;
+    write_atomic(
+        &s.config_file(conf::POSTGRESQL_CONF),
+        &text,
+        0o600,
+        s.run_as,
+    )?;
     if !s.pg_hba.is_empty() {
-        write_atomic(&s.config_file(conf::PG_HBA_CONF), &conf::render_lines(&s.pg_hba), 0o600, s.run_as)?;
+        write_atomic(
+            &s.config_file(conf::PG_HBA_CONF),
+            &conf::render_lines(&s.pg_hba),
+            0o600,
+            s.run_as,
+        )?;
     }
     if let Some(ident) = s.local.pg_ident.as_ref().filter(|l| !l.is_empty()) {
-        write_atomic(&s.config_file(conf::PG_IDENT_CONF), &conf::render_lines(ident), 0o600, s.run_as)?;
+        write_atomic(
+            &s.config_file(conf::PG_IDENT_CONF),
+            &conf::render_lines(ident),
+            0o600,
+            s.run_as,
+        )?;
     } else if !s.config_file(conf::PG_IDENT_CONF).exists() {
         write_atomic(&s.config_file(conf::PG_IDENT_CONF), "", 0o600, s.run_as)?;
     }

@@ -17,8 +17,18 @@ use super::{Postgres, sql};
 const INITDB_FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version"];
 /// pg_basebackup options we set ourselves.
 const BASEBACKUP_FORBIDDEN: &[&str] = &[
-    "pgdata", "format", "wal-method", "xlog-method", "gzip", "version", "compress", "dbname", "host", "port",
-    "username", "password",
+    "pgdata",
+    "format",
+    "wal-method",
+    "xlog-method",
+    "gzip",
+    "version",
+    "compress",
+    "dbname",
+    "host",
+    "port",
+    "username",
+    "password",
 ];
 /// Long jobs (initdb, basebackup, post_bootstrap) are bounded only by the caller
 /// dropping the future (which kills the child).
@@ -52,14 +62,19 @@ impl Postgres {
         if !dir_empty(&dd) {
             return Err(PgError::DataDirNotEmpty(dd));
         }
-        let mut args = conf::user_options("initdb", &Value::Array(options.to_vec()), INITDB_FORBIDDEN)
-            .map_err(PgError::BadOption)?;
+        let mut args =
+            conf::user_options("initdb", &Value::Array(options.to_vec()), INITDB_FORBIDDEN)
+                .map_err(PgError::BadOption)?;
         files::clear_data_dir(&s)?;
         let su = s.superuser();
         args.push(format!("--username={}", su.username));
         let pwfile = match &su.password {
             Some(pw) => {
-                let p = std::env::temp_dir().join(format!("patroni-initdb-pw-{}-{}", std::process::id(), s.port()));
+                let p = std::env::temp_dir().join(format!(
+                    "patroni-initdb-pw-{}-{}",
+                    std::process::id(),
+                    s.port()
+                ));
                 files::write_atomic(&p, pw, 0o600, s.run_as)?;
                 args.push(format!("--pwfile={}", p.display()));
                 Some(p)
@@ -91,7 +106,10 @@ impl Postgres {
         let deadline = Instant::now() + timeout;
         let res = loop {
             if let Ok(Some(status)) = child.try_wait() {
-                break Err(PgError::StartFailed { reason: format!("postmaster exited ({status})"), tail: log_tail(&log) });
+                break Err(PgError::StartFailed {
+                    reason: format!("postmaster exited ({status})"),
+                    tail: log_tail(&log),
+                });
             }
             if accepts_connections(&s).await {
                 break Ok(pid);
@@ -116,7 +134,9 @@ impl Postgres {
     pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<()> {
         let s = self.settings();
         self.drop_connection().await;
-        let Some(pid) = process::live_postmaster(&s.data_dir()) else { return Ok(()) };
+        let Some(pid) = process::live_postmaster(&s.data_dir()) else {
+            return Ok(());
+        };
         let first = pg_ctl_stop(&s, mode, timeout).await;
         let res = match first {
             Err(e) if mode != StopMode::Immediate => {
@@ -139,8 +159,11 @@ impl Postgres {
     /// Make the postmaster re-read its config files (SIGHUP).
     pub fn reload(&self) -> Result<()> {
         let pid = self.postmaster_pid().ok_or(PgError::NotRunning)?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
-            .map_err(|e| PgError::Sql(format!("cannot signal postmaster {pid}: {e}")))
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .map_err(|e| PgError::Sql(format!("cannot signal postmaster {pid}: {e}")))
     }
 
     /// pg_ctl promote, then wait until the server leaves recovery.
@@ -151,14 +174,23 @@ impl Postgres {
         }
         let secs = timeout.as_secs().max(1).to_string();
         let mut cmd = command(&s, "pg_ctl");
-        cmd.arg("promote").arg("-D").arg(s.data_dir()).args(["-w", "-t", &secs]);
+        cmd.arg("promote")
+            .arg("-D")
+            .arg(s.data_dir())
+            .args(["-w", "-t", &secs]);
         run(cmd, "pg_ctl promote", timeout + Duration::from_secs(5)).await?;
         let deadline = Instant::now() + timeout;
         loop {
             match self.query("SELECT pg_catalog.pg_is_in_recovery()").await {
-                Ok(rows) if rows.first().and_then(|r| r[0].as_deref()) == Some("f") => return Ok(()),
+                Ok(rows) if rows.first().and_then(|r| r[0].as_deref()) == Some("f") => {
+                    return Ok(());
+                }
                 _ if Instant::now() >= deadline => {
-                    return Err(PgError::Timeout { what: "promote".into(), secs: timeout.as_secs(), tail: String::new() });
+                    return Err(PgError::Timeout {
+                        what: "promote".into(),
+                        secs: timeout.as_secs(),
+                        tail: String::new(),
+                    });
                 }
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -167,7 +199,9 @@ impl Postgres {
 
     /// CHECKPOINT on the local server.
     pub async fn checkpoint(&self) -> Result<()> {
-        self.query_timeout("CHECKPOINT", Duration::from_secs(600)).await.map(|_| ())
+        self.query_timeout("CHECKPOINT", Duration::from_secs(600))
+            .await
+            .map(|_| ())
     }
 
     /// pg_basebackup from `from` into the (empty) data directory as the replication
@@ -179,7 +213,8 @@ impl Postgres {
             return Err(PgError::DataDirNotEmpty(dd));
         }
         let opts = s.local.basebackup.clone().unwrap_or(Value::Null);
-        let mut args = conf::user_options("basebackup", &opts, BASEBACKUP_FORBIDDEN).map_err(PgError::BadOption)?;
+        let mut args = conf::user_options("basebackup", &opts, BASEBACKUP_FORBIDDEN)
+            .map_err(PgError::BadOption)?;
         if !args.iter().any(|a| a.starts_with("--checkpoint")) {
             args.push("--checkpoint=fast".into());
         }
@@ -215,21 +250,33 @@ fn spawn_postmaster(s: &PgSettings, log: &std::path::Path) -> Result<tokio::proc
     if let Some(dir) = log.parent() {
         files::ensure_dir(dir, s.run_as)?;
     }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io_err(log))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(log))?;
     files::chown(log, s.run_as)?;
     let err = out.try_clone().map_err(io_err(log))?;
     let mut cmd = command(s, "postgres");
-    cmd.arg("-D")
-        .arg(s.data_dir())
-        .arg(format!("--config-file={}", s.config_file(conf::POSTGRESQL_CONF).display()));
+    cmd.arg("-D").arg(s.data_dir()).arg(format!(
+        "--config-file={}",
+        s.config_file(conf::POSTGRESQL_CONF).display()
+    ));
     for (k, v) in s.server_parameters() {
         if conf::is_cmdline_param(&k) {
             cmd.arg(format!("--{k}={v}"));
         }
     }
     // Own process group, no tie to our stdio: the postmaster must outlive this daemon.
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(false).process_group(0);
-    cmd.spawn().map_err(|source| PgError::Spawn { program: "postgres".into(), source })
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(false)
+        .process_group(0);
+    cmd.spawn().map_err(|source| PgError::Spawn {
+        program: "postgres".into(),
+        source,
+    })
 }
 
 /// The server answers: a session opens, or the server rejects us for a reason other
@@ -237,14 +284,20 @@ fn spawn_postmaster(s: &PgSettings, log: &std::path::Path) -> Result<tokio::proc
 async fn accepts_connections(s: &PgSettings) -> bool {
     match sql::connect(&s.local_target(), "Patroni").await {
         Ok(_) => true,
-        Err(e) => matches!(&e, PgError::Connect { reason, .. } if reason.starts_with("FATAL")) && !sql::is_not_ready(&e),
+        Err(e) => {
+            matches!(&e, PgError::Connect { reason, .. } if reason.starts_with("FATAL"))
+                && !sql::is_not_ready(&e)
+        }
     }
 }
 
 async fn pg_ctl_stop(s: &PgSettings, mode: StopMode, timeout: Duration) -> Result<()> {
     let secs = timeout.as_secs().max(1).to_string();
     let mut cmd = command(s, "pg_ctl");
-    cmd.arg("stop").arg("-D").arg(s.data_dir()).args(["-m", mode.as_str(), "-w", "-t", &secs]);
+    cmd.arg("stop")
+        .arg("-D")
+        .arg(s.data_dir())
+        .args(["-m", mode.as_str(), "-w", "-t", &secs]);
     match run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5)).await {
         Ok(_) => Ok(()),
         // Stopped under our feet between the check and pg_ctl: that is success.

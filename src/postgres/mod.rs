@@ -41,12 +41,18 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn new(cfg: PgSettings) -> Postgres {
-        Postgres { settings: RwLock::new(Arc::new(cfg)), conn: tokio::sync::Mutex::new(None) }
+        Postgres {
+            settings: RwLock::new(Arc::new(cfg)),
+            conn: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// A snapshot of the current settings.
     pub fn settings(&self) -> Arc<PgSettings> {
-        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replace the settings (dynamic configuration changed). Files are rewritten by the
@@ -72,12 +78,23 @@ impl Postgres {
             self.drop_connection().await;
             (None, None)
         };
-        PgObservation { data_dir, postmaster_pid, sql, configured_primary, standby_signal, sql_error }
+        PgObservation {
+            data_dir,
+            postmaster_pid,
+            sql,
+            configured_primary,
+            standby_signal,
+            sql_error,
+        }
     }
 
     async fn observe_sql(&self) -> Result<SqlObservation> {
-        let rows = self.query_timeout(sql::OBSERVE_SQL, OBSERVE_TIMEOUT).await?;
-        let row = rows.first().ok_or_else(|| PgError::Sql("observation query returned no row".into()))?;
+        let rows = self
+            .query_timeout(sql::OBSERVE_SQL, OBSERVE_TIMEOUT)
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| PgError::Sql("observation query returned no row".into()))?;
         sql::parse_observation(row)
     }
 
@@ -89,7 +106,11 @@ impl Postgres {
 
     /// Like `query` with an explicit time budget. A timed-out or failed connection is
     /// dropped so the next call reconnects.
-    pub async fn query_timeout(&self, sql: &str, timeout: Duration) -> Result<Vec<Vec<Option<String>>>> {
+    pub async fn query_timeout(
+        &self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<Option<String>>>> {
         let target = self.settings().local_target();
         let mut guard = self.conn.lock().await;
         let reusable = matches!(&*guard, Some((t, c)) if *t == target && !c.is_closed());
@@ -101,7 +122,11 @@ impl Postgres {
         let (_, client) = guard.as_ref().expect("connected above");
         let res = match tokio::time::timeout(timeout, sql::simple_rows(client, sql)).await {
             Ok(r) => r,
-            Err(_) => Err(PgError::Timeout { what: "query".into(), secs: timeout.as_secs(), tail: sql_head(sql) }),
+            Err(_) => Err(PgError::Timeout {
+                what: "query".into(),
+                secs: timeout.as_secs(),
+                tail: sql_head(sql),
+            }),
         };
         if res.is_err() && (client.is_closed() || matches!(res, Err(PgError::Timeout { .. }))) {
             *guard = None;

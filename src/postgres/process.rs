@@ -24,7 +24,10 @@ pub fn command(s: &PgSettings, program: &str) -> Command {
 
 pub fn command_path(s: &PgSettings, program: &Path) -> Command {
     let mut cmd = Command::new(program);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     if let Some((uid, gid)) = s.run_as {
         cmd.uid(uid).gid(gid);
         // The unprivileged user may not be able to enter our working directory.
@@ -37,25 +40,46 @@ pub fn command_path(s: &PgSettings, program: &Path) -> Command {
 }
 
 fn home_of(uid: u32) -> Option<PathBuf> {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.dir)
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
 }
 
 /// Run to completion within `timeout`; non-zero exit is an error carrying the output tail.
 pub async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<Finished> {
     let program = what.to_string();
-    let child = cmd.spawn().map_err(|source| PgError::Spawn { program: program.clone(), source })?;
+    let child = cmd.spawn().map_err(|source| PgError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(r) => r.map_err(|source| PgError::Spawn { program: program.clone(), source })?,
+        Ok(r) => r.map_err(|source| PgError::Spawn {
+            program: program.clone(),
+            source,
+        })?,
         // Dropping the future kills the child (kill_on_drop).
         Err(_) => {
-            return Err(PgError::Timeout { what: program, secs: timeout.as_secs(), tail: String::new() });
+            return Err(PgError::Timeout {
+                what: program,
+                secs: timeout.as_secs(),
+                tail: String::new(),
+            });
         }
     };
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        let text = if stderr.trim().is_empty() { &stdout } else { &stderr };
-        return Err(PgError::CommandFailed { program, status: out.status.to_string(), tail: tail(text, 8) });
+        let text = if stderr.trim().is_empty() {
+            &stdout
+        } else {
+            &stderr
+        };
+        return Err(PgError::CommandFailed {
+            program,
+            status: out.status.to_string(),
+            tail: tail(text, 8),
+        });
     }
     Ok(Finished { stdout, stderr })
 }
@@ -79,7 +103,9 @@ pub fn is_postmaster_of(pid: u32, data_dir: &Path) -> bool {
         return false;
     }
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
     // A zombie has an empty cmdline.
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let argv0 = String::from_utf8_lossy(argv0);
@@ -87,7 +113,10 @@ pub fn is_postmaster_of(pid: u32, data_dir: &Path) -> bool {
     if !(base.starts_with("postgres") || base.starts_with("postmaster")) {
         return false;
     }
-    match (std::fs::read_link(proc_dir.join("cwd")), std::fs::canonicalize(data_dir)) {
+    match (
+        std::fs::read_link(proc_dir.join("cwd")),
+        std::fs::canonicalize(data_dir),
+    ) {
         (Ok(cwd), Ok(dd)) => cwd == dd,
         // Cannot tell (no permission): trust the name check.
         _ => true,
@@ -96,29 +125,27 @@ pub fn is_postmaster_of(pid: u32, data_dir: &Path) -> bool {
 
 /// Resolves when process `pid` exits. Works for processes that are not our children
 /// (a postmaster started before a daemon restart) by polling a pidfd.
-pub fn wait_for_exit(pid: u32) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ESRCH) {
-                return;
-            }
-            return poll_exit(pid).await;
+pub async fn wait_for_exit(pid: u32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return;
         }
-        // SAFETY: fd is a fresh descriptor owned by nobody else.
-        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-        // SAFETY: the AsyncFd owns the OwnedFd, which stays open until it is dropped.
-        let registered = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
-        };
-        match registered {
-            Ok(afd) => {
-                let _ = afd.readable().await;
-            }
-            Err(_) => poll_exit(pid).await,
+        return poll_exit(pid).await;
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open until it is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    };
+    match registered {
+        Ok(afd) => {
+            let _ = afd.readable().await;
         }
+        Err(_) => poll_exit(pid).await,
     }
 }
 
@@ -135,5 +162,7 @@ async fn poll_exit(pid: u32) {
 
 /// Last lines of the postmaster log, for start failures.
 pub fn log_tail(path: &Path) -> String {
-    std::fs::read_to_string(path).map(|t| tail(&t, 10)).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|t| tail(&t, 10))
+        .unwrap_or_default()
 }

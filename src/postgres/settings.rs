@@ -41,7 +41,10 @@ pub struct ConnTarget {
 
 impl ConnTarget {
     pub fn describe(&self) -> String {
-        format!("host={} port={} user={} dbname={}", self.host, self.port, self.user, self.dbname)
+        format!(
+            "host={} port={} user={} dbname={}",
+            self.host, self.port, self.user, self.dbname
+        )
     }
 }
 
@@ -52,7 +55,9 @@ impl PgSettings {
 
     pub fn config_dir(&self) -> PathBuf {
         match &self.local.config_dir {
-            Some(d) if !d.as_os_str().is_empty() => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
+            Some(d) if !d.as_os_str().is_empty() => {
+                std::path::absolute(d).unwrap_or_else(|_| d.clone())
+            }
             _ => self.data_dir(),
         }
     }
@@ -81,7 +86,9 @@ impl PgSettings {
         if let Some(p) = &self.local.pgpass {
             return std::path::absolute(p).unwrap_or_else(|_| p.clone());
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         home.join("pgpass")
     }
 
@@ -100,7 +107,10 @@ impl PgSettings {
     }
 
     pub fn port(&self) -> u16 {
-        self.server_parameters().get("port").and_then(|p| p.parse().ok()).unwrap_or(5432)
+        self.server_parameters()
+            .get("port")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5432)
     }
 
     pub fn superuser(&self) -> Credentials {
@@ -130,7 +140,12 @@ impl PgSettings {
     /// How we connect to our own postmaster as superuser.
     pub fn local_target(&self) -> ConnTarget {
         let params = self.server_parameters();
-        let tcp = conf::local_tcp_host(params.get("listen_addresses").map(String::as_str).unwrap_or(""));
+        let tcp = conf::local_tcp_host(
+            params
+                .get("listen_addresses")
+                .map(String::as_str)
+                .unwrap_or(""),
+        );
         let host = if self.local.use_unix_socket {
             params
                 .get("unix_socket_directories")
@@ -140,7 +155,13 @@ impl PgSettings {
             tcp
         };
         let su = self.superuser();
-        ConnTarget { host, port: self.port(), user: su.username, password: su.password, dbname: "postgres".into() }
+        ConnTarget {
+            host,
+            port: self.port(),
+            user: su.username,
+            password: su.password,
+            dbname: "postgres".into(),
+        }
     }
 
     /// Target on another member with the given credentials.

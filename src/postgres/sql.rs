@@ -23,11 +23,22 @@ pub async fn connect(t: &ConnTarget, application_name: &str) -> Result<Client> {
         cfg.password(pw);
     }
     let fut = cfg.connect(NoTls);
-    let (client, conn) = match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), fut).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return Err(PgError::Connect { target: t.describe(), reason: describe(&e) }),
-        Err(_) => return Err(PgError::Connect { target: t.describe(), reason: "connect timed out".into() }),
-    };
+    let (client, conn) =
+        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), fut).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err(PgError::Connect {
+                    target: t.describe(),
+                    reason: describe(&e),
+                });
+            }
+            Err(_) => {
+                return Err(PgError::Connect {
+                    target: t.describe(),
+                    reason: "connect timed out".into(),
+                });
+            }
+        };
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -47,16 +58,21 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 pub fn is_not_ready(e: &PgError) -> bool {
     matches!(e, PgError::Connect { reason, .. } if reason.contains("starting up")
         || reason.contains("shutting down") || reason.contains("not yet accepting")
-        || reason.contains("not accepting connections"))
+        || reason.contains("not accepting connections") || reason.contains("in recovery mode"))
 }
 
 /// Rows of a simple query as text cells.
 pub async fn simple_rows(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-    let msgs = c.simple_query(sql).await.map_err(|e| PgError::Sql(describe(&e)))?;
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .map_err(|e| PgError::Sql(describe(&e)))?;
     Ok(msgs
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
             _ => None,
         })
         .collect())
@@ -70,7 +86,11 @@ pub fn quote_ident(s: &str) -> String {
 /// SQL literal quoting; uses E'' form when backslashes are present.
 pub fn quote_literal(s: &str) -> String {
     let body = s.replace('\'', "''");
-    if body.contains('\\') { format!("E'{}'", body.replace('\\', "\\\\")) } else { format!("'{body}'") }
+    if body.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
 }
 
 /// One round trip: every fact the HA loop needs, as text/json columns.
@@ -103,7 +123,9 @@ pub const OBSERVE_SQL: &str = "SELECT r.rec::text,
 FROM (SELECT pg_catalog.pg_is_in_recovery() AS rec) r";
 
 fn json(cell: &Option<String>) -> serde_json::Value {
-    cell.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(serde_json::Value::Null)
+    cell.as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 fn jstr(v: &serde_json::Value, k: &str) -> Option<String> {
@@ -121,14 +143,24 @@ fn parse_receiver(v: &serde_json::Value) -> Option<(WalReceiver, Option<u32>)> {
     let rx = WalReceiver {
         status: jstr(v, "status").unwrap_or_default(),
         sender_host: jstr(v, "sender_host"),
-        sender_port: v.get("sender_port").and_then(|p| p.as_u64()).map(|p| p as u16),
+        sender_port: v
+            .get("sender_port")
+            .and_then(|p| p.as_u64())
+            .map(|p| p as u16),
         slot_name: jstr(v, "slot_name"),
     };
-    Some((rx, v.get("received_tli").and_then(|t| t.as_u64()).map(|t| t as u32)))
+    Some((
+        rx,
+        v.get("received_tli")
+            .and_then(|t| t.as_u64())
+            .map(|t| t as u32),
+    ))
 }
 
 fn parse_replication(v: &serde_json::Value) -> Vec<ReplicationConn> {
-    let Some(items) = v.as_array() else { return Vec::new() };
+    let Some(items) = v.as_array() else {
+        return Vec::new();
+    };
     items
         .iter()
         .map(|r| ReplicationConn {
@@ -146,7 +178,9 @@ fn parse_replication(v: &serde_json::Value) -> Vec<ReplicationConn> {
 }
 
 fn parse_slots(v: &serde_json::Value) -> Vec<SlotInfo> {
-    let Some(items) = v.as_array() else { return Vec::new() };
+    let Some(items) = v.as_array() else {
+        return Vec::new();
+    };
     items
         .iter()
         .map(|s| SlotInfo {
@@ -160,7 +194,10 @@ fn parse_slots(v: &serde_json::Value) -> Vec<SlotInfo> {
 
 /// Turn the observation row into typed facts.
 pub fn parse_observation(row: &[Option<String>]) -> Result<SqlObservation> {
-    let bad = |what: &str| PgError::Parse { what: "observation query".into(), detail: what.into() };
+    let bad = |what: &str| PgError::Parse {
+        what: "observation query".into(),
+        detail: what.into(),
+    };
     if row.len() < 16 {
         return Err(bad("too few columns"));
     }
@@ -174,7 +211,10 @@ pub fn parse_observation(row: &[Option<String>]) -> Result<SqlObservation> {
         let tli = receiver.as_ref().and_then(|r| r.1).or(num(2)).unwrap_or(0);
         (tli, receive_lsn.unwrap_or(0).max(replay_lsn.unwrap_or(0)))
     } else {
-        (num(1).ok_or_else(|| bad("timeline"))?, cell(3).and_then(parse_lsn).ok_or_else(|| bad("wal lsn"))?)
+        (
+            num(1).ok_or_else(|| bad("timeline"))?,
+            cell(3).and_then(parse_lsn).ok_or_else(|| bad("wal lsn"))?,
+        )
     };
     let pending = json(&row[14]);
     Ok(SqlObservation {
@@ -193,7 +233,11 @@ pub fn parse_observation(row: &[Option<String>]) -> Result<SqlObservation> {
         slots: parse_slots(&json(&row[13])),
         pending_restart: pending
             .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
             .unwrap_or_default(),
         synchronous_standby_names: cell(15).unwrap_or_default().to_string(),
     })
@@ -213,7 +257,11 @@ pub fn create_or_update_role_sql(name: &str, password: Option<&str>, options: &[
     // The DO body is dollar-quoted; pick a tag that the name/password cannot close.
     let mut n = 0;
     let tag = loop {
-        let tag = if n == 0 { "$patroni$".to_string() } else { format!("$patroni{n}$") };
+        let tag = if n == 0 {
+            "$patroni$".to_string()
+        } else {
+            format!("$patroni{n}$")
+        };
         if !name.contains(&tag) && !password.is_some_and(|p| p.contains(&tag)) {
             break tag;
         }
@@ -271,15 +319,23 @@ mod tests {
             r#"{"status":"streaming","sender_host":"127.0.0.1","sender_port":5432,"slot_name":"n1","received_tli":3}"#
                 .into(),
         );
-        row[13] = Some(r#"[{"name":"n2","slot_type":"physical","active":true,"restart_lsn":"0/10"}]"#.into());
+        row[13] = Some(
+            r#"[{"name":"n2","slot_type":"physical","active":true,"restart_lsn":"0/10"}]"#.into(),
+        );
         row[14] = Some(r#"{"shared_buffers":"16384"}"#.into());
         let o = parse_observation(&row).unwrap();
         assert!(o.in_recovery);
-        assert_eq!((o.timeline, o.wal_lsn, o.server_version), (3, 0x5000000, 150004));
+        assert_eq!(
+            (o.timeline, o.wal_lsn, o.server_version),
+            (3, 0x5000000, 150004)
+        );
         assert_eq!(o.wal_receiver.unwrap().sender_port, Some(5432));
         assert_eq!(o.slots[0].restart_lsn, Some(0x10));
         assert_eq!(o.pending_restart["shared_buffers"], "16384");
         row[0] = Some("false".into());
-        assert!(parse_observation(&row).is_err(), "a primary row needs its timeline and lsn");
+        assert!(
+            parse_observation(&row).is_err(),
+            "a primary row needs its timeline and lsn"
+        );
     }
 }

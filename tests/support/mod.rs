@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod postgres;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
