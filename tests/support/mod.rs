@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod postgres;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
