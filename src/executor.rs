@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::dcs::{Dcs, DcsError, History, HistoryEntry, Role, Status};
-use crate::ha::{Action, Branch, Decision, Job, JobOutcome, JobState, Observation};
+use crate::ha::{Action, Branch, Decision, Divergence, Job, JobOutcome, JobState, Observation};
 use crate::postgres::Postgres;
 use crate::postgres::types::ConfigRole;
 use std::sync::{Arc, Mutex};
@@ -157,9 +157,9 @@ impl Executor {
                     .filter(|_| obs.config.use_slots)
                     .map(|_| crate::ha::slots::slot_name(&obs.config.name));
                 let role = ConfigRole::Standby { upstream: upstream.clone(), slot_name };
-                match self.pg.write_config(&role).await {
+                match self.pg.write_config(&role) {
                     Ok(()) => {
-                        if let Err(e) = self.pg.reload().await {
+                        if let Err(e) = self.pg.reload() {
                             warn!("reload after re-pointing the standby failed: {e}");
                         }
                     }
@@ -203,7 +203,7 @@ impl Executor {
 
     /// Rebuild `history` from the timeline history file of the current timeline.
     async fn update_history(&self, current: Option<&History>, timeline: u32, me: &str) {
-        let lines = match self.pg.read_timeline_history(timeline).await {
+        let lines = match read_timeline_history(&self.pg.settings().data_dir(), timeline) {
             Ok(l) => l,
             Err(e) => {
                 warn!("cannot read the history file of timeline {timeline}: {e}");
@@ -262,7 +262,11 @@ async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
         Job::Basebackup { from } => pg.basebackup(from).await.map_err(|e| e.to_string()),
         Job::CheckDivergence { from } => {
             return match pg.check_timeline_divergence(from).await {
-                Ok(d) => JobOutcome::Divergence(d),
+                Ok(d) => JobOutcome::Divergence(match d {
+                    crate::postgres::Divergence::NotDiverged => Divergence::NotDiverged,
+                    crate::postgres::Divergence::Diverged { reason } => Divergence::Diverged(reason),
+                    crate::postgres::Divergence::Unknown(why) => Divergence::Unknown(why),
+                }),
                 Err(e) => JobOutcome::Failed(e.to_string()),
             };
         }
@@ -302,3 +306,18 @@ impl std::fmt::Debug for Executor {
     }
 }
 
+
+/// Parse `pg_wal/<TL>.history`: lines "parentTLI\tswitchpoint\treason".
+fn read_timeline_history(data_dir: &std::path::Path, timeline: u32) -> std::io::Result<Vec<(u32, u64, String)>> {
+    let path = data_dir.join("pg_wal").join(format!("{timeline:08X}.history"));
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let tl = f.next()?.trim().parse().ok()?;
+            let lsn = crate::postgres::types::parse_lsn(f.next()?)?;
+            Some((tl, lsn, f.next().unwrap_or("").trim().to_string()))
+        })
+        .collect())
+}

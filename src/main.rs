@@ -90,7 +90,8 @@ fn drop_privileges(cfg: &Config) -> Result<()> {
 async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
     let cfg = Arc::new(cfg);
     let dcs = connect_dcs(&cfg).await?;
-    let pg = Arc::new(patroni::postgres::Postgres::new(patroni::postgres::settings_from_config(&cfg, None)));
+    let bootstrap_dynamic = patroni::config::DynamicConfig::from_map(&cfg.bootstrap.dcs).0;
+    let pg = Arc::new(patroni::postgres::Postgres::new(patroni::postgres::settings_from_config(&cfg, &bootstrap_dynamic)));
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(NodeStatus {
         name: cfg.name.clone(),
         scope: cfg.scope.clone(),

@@ -65,7 +65,7 @@ impl Runtime {
             };
             let postmaster_exit = async {
                 match pid {
-                    Some(pid) => self.pg.wait_for_exit(pid).await,
+                    Some(pid) => crate::postgres::wait_for_exit(pid).await,
                     None => std::future::pending::<()>().await,
                 }
             };
@@ -133,7 +133,7 @@ impl Runtime {
     /// Adopt the DCS `config` key (merged with local overrides) and push timing to the DCS.
     async fn apply_dynamic(&mut self, c: &Cluster) {
         let Some(cfg) = &c.config else { return };
-        let (mut d, warnings) = DynamicConfig::from_map(&cfg.data);
+        let (d, warnings) = DynamicConfig::from_map(&cfg.data);
         for w in warnings {
             warn!("DCS config: {w}");
         }
@@ -146,6 +146,9 @@ impl Runtime {
         }
         if d.retry_timeout != self.dynamic.retry_timeout {
             self.dcs.set_retry_timeout(Duration::from_secs(d.retry_timeout)).await;
+        }
+        if d != self.dynamic {
+            self.pg.set_settings(crate::postgres::settings_from_config(&self.local, &d));
         }
         std::mem::swap(&mut self.dynamic, &mut d);
     }

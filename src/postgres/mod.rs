@@ -153,3 +153,24 @@ impl Postgres {
 fn sql_head(sql: &str) -> String {
     sql.chars().take(60).collect()
 }
+
+/// Build the PostgreSQL layer's settings from the local file and the dynamic config:
+/// effective GUCs (upstream's merge rules) and hba lines (local wins over dynamic).
+pub fn settings_from_config(cfg: &crate::config::Config, dynamic: &crate::config::DynamicConfig) -> PgSettings {
+    let pg_hba = cfg
+        .postgresql
+        .pg_hba
+        .clone()
+        .or_else(|| dynamic.postgresql.pg_hba.clone())
+        .or_else(|| cfg.bootstrap.pg_hba.clone())
+        .unwrap_or_default();
+    PgSettings {
+        name: cfg.name.clone(),
+        scope: cfg.scope.clone(),
+        local: cfg.postgresql.clone(),
+        parameters: crate::config::pg_params::effective_pg_parameters(cfg, dynamic),
+        pg_hba,
+        use_slots: dynamic.postgresql.use_slots,
+        run_as: None,
+    }
+}
