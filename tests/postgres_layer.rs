@@ -308,3 +308,30 @@ async fn stop_modes_restart_reload_slots_and_post_bootstrap() {
     n.pg.stop(StopMode::Fast, START).await.unwrap();
     assert!(n.pg.reload().is_err());
 }
+
+#[tokio::test]
+async fn clean_switchover_needs_no_rewind() {
+    let a = PgNode::new("sw-a");
+    let b = PgNode::new("sw-b");
+    bootstrap_primary(&a).await;
+    a.pg.ensure_physical_slots(&["sw_b".to_string()])
+        .await
+        .unwrap();
+    make_replica(&b, &a).await;
+    wait_streaming(&b, a.port).await;
+
+    // A fast shutdown streams the shutdown checkpoint to the replica before it ends, so
+    // the promoted replica's switch point is exactly the end of a's last record.
+    a.pg.stop(StopMode::Fast, START).await.unwrap();
+    b.pg.promote(START).await.unwrap();
+    b.pg.checkpoint().await.unwrap();
+    let d = a.pg.check_timeline_divergence(&b.upstream()).await.unwrap();
+    assert_eq!(d, Divergence::NotDiverged);
+
+    b.pg.ensure_physical_slots(&["sw_a".to_string()])
+        .await
+        .unwrap();
+    a.pg.start(&standby_of(&b), START).await.unwrap();
+    wait_streaming(&a, b.port).await;
+    assert_eq!(a.pg.observe().await.sql.unwrap().timeline, 2);
+}
