@@ -36,8 +36,19 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(dcs: Arc<dyn Dcs>, pg: Arc<Postgres>, local: Arc<Config>, wake: Arc<Notify>) -> Executor {
-        Executor { dcs, pg, local, slot: Arc::default(), wake }
+    pub fn new(
+        dcs: Arc<dyn Dcs>,
+        pg: Arc<Postgres>,
+        local: Arc<Config>,
+        wake: Arc<Notify>,
+    ) -> Executor {
+        Executor {
+            dcs,
+            pg,
+            local,
+            slot: Arc::default(),
+            wake,
+        }
     }
 
     pub fn set_postgres(&mut self, pg: Arc<Postgres>) {
@@ -62,7 +73,11 @@ impl Executor {
 
     /// Run a decision's actions in order; conditional actions pick their branch.
     pub async fn execute(&self, d: &Decision, obs: &Observation) -> Outcome {
-        let mut out = Outcome { message: d.message.clone(), role: d.role, has_lock: false };
+        let mut out = Outcome {
+            message: d.message.clone(),
+            role: d.role,
+            has_lock: false,
+        };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
         out
@@ -93,16 +108,27 @@ impl Executor {
     async fn run_one(&self, a: &Action, obs: &Observation, out: &mut Outcome) -> Option<Branch> {
         match a {
             Action::AcquireLock { won, lost } => {
-                let ok = log_dcs("acquire leader lock", self.dcs.attempt_to_acquire_leader().await);
+                let ok = log_dcs(
+                    "acquire leader lock",
+                    self.dcs.attempt_to_acquire_leader().await,
+                );
                 out.has_lock = ok;
                 Some(if ok { won.clone() } else { lost.clone() })
             }
             Action::UpdateLock { held, lost } => {
-                let status = obs.pg.sql.as_ref().filter(|s| !s.in_recovery).map(|s| Status {
-                    optime: Some(s.wal_lsn),
-                    ..Default::default()
-                });
-                let ok = log_dcs("update leader lock", self.dcs.update_leader(status.as_ref()).await);
+                let status = obs
+                    .pg
+                    .sql
+                    .as_ref()
+                    .filter(|s| !s.in_recovery)
+                    .map(|s| Status {
+                        optime: Some(s.wal_lsn),
+                        ..Default::default()
+                    });
+                let ok = log_dcs(
+                    "update leader lock",
+                    self.dcs.update_leader(status.as_ref()).await,
+                );
                 out.has_lock = ok;
                 Some(if ok { held.clone() } else { lost.clone() })
             }
@@ -116,11 +142,17 @@ impl Executor {
                 Some(if ok { won.clone() } else { lost.clone() })
             }
             Action::SetInitialize { sysid } => {
-                log_dcs("store system identifier", self.dcs.initialize(false, sysid).await);
+                log_dcs(
+                    "store system identifier",
+                    self.dcs.initialize(false, sysid).await,
+                );
                 None
             }
             Action::CancelInitialize => {
-                log_dcs("cancel initialization", self.dcs.cancel_initialization().await);
+                log_dcs(
+                    "cancel initialization",
+                    self.dcs.cancel_initialization().await,
+                );
                 None
             }
             Action::WriteBootstrapConfig => {
@@ -128,11 +160,15 @@ impl Executor {
                 None
             }
             Action::UpdateHistory { current, timeline } => {
-                self.update_history(current.as_ref(), *timeline, &obs.config.name).await;
+                self.update_history(current.as_ref(), *timeline, &obs.config.name)
+                    .await;
                 None
             }
             Action::ClearFailover { version } => {
-                log_dcs("clear failover key", self.dcs.set_failover_value("{}", Some(*version)).await);
+                log_dcs(
+                    "clear failover key",
+                    self.dcs.set_failover_value("{}", Some(*version)).await,
+                );
                 None
             }
             Action::StartJob(job) => {
@@ -156,7 +192,10 @@ impl Executor {
                     .as_ref()
                     .filter(|_| obs.config.use_slots)
                     .map(|_| crate::ha::slots::slot_name(&obs.config.name));
-                let role = ConfigRole::Standby { upstream: upstream.clone(), slot_name };
+                let role = ConfigRole::Standby {
+                    upstream: upstream.clone(),
+                    slot_name,
+                };
                 match self.pg.write_config(&role) {
                     Ok(()) => {
                         if let Err(e) = self.pg.reload() {
@@ -198,7 +237,10 @@ impl Executor {
             return;
         }
         let value = serde_json::Value::Object(self.local.bootstrap.dcs.clone()).to_string();
-        log_dcs("write cluster config", self.dcs.set_config_value(&value, None).await);
+        log_dcs(
+            "write cluster config",
+            self.dcs.set_config_value(&value, None).await,
+        );
     }
 
     /// Rebuild `history` from the timeline history file of the current timeline.
@@ -220,13 +262,23 @@ impl Executor {
                 timeline: tl,
                 lsn,
                 reason,
-                timestamp: newest.then(|| chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.6f%:z").to_string()),
+                timestamp: newest.then(|| {
+                    chrono::Local::now()
+                        .format("%Y-%m-%dT%H:%M:%S%.6f%:z")
+                        .to_string()
+                }),
                 new_leader: newest.then(|| me.to_string()),
             });
         }
         entries.sort_by_key(|e| e.timeline);
-        let h = History { version: 0, lines: entries };
-        log_dcs("write history", self.dcs.set_history_value(&h.to_json_string()).await);
+        let h = History {
+            version: 0,
+            lines: entries,
+        };
+        log_dcs(
+            "write history",
+            self.dcs.set_history_value(&h.to_json_string()).await,
+        );
     }
 
     fn start_job(&self, job: Job) {
@@ -239,7 +291,12 @@ impl Executor {
             s.running = Some(job.clone());
         }
         info!("starting {}", job.describe());
-        let (pg, local, slot, wake) = (self.pg.clone(), self.local.clone(), self.slot.clone(), self.wake.clone());
+        let (pg, local, slot, wake) = (
+            self.pg.clone(),
+            self.local.clone(),
+            self.slot.clone(),
+            self.wake.clone(),
+        );
         tokio::spawn(async move {
             let outcome = run_job(&pg, &local, &job).await;
             match &outcome {
@@ -261,17 +318,32 @@ async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
         Job::Bootstrap => bootstrap(pg, local, timeout).await,
         Job::Basebackup { from } => pg.basebackup(from).await.map_err(|e| e.to_string()),
         Job::CheckDivergence { from } => {
+            // A crashed former primary must finish crash recovery before its WAL end is known.
+            if let Err(e) = pg.ensure_clean_shutdown().await {
+                return JobOutcome::Failed(format!(
+                    "crash recovery before the divergence check failed: {e}"
+                ));
+            }
             return match pg.check_timeline_divergence(from).await {
                 Ok(d) => JobOutcome::Divergence(match d {
                     crate::postgres::Divergence::NotDiverged => Divergence::NotDiverged,
-                    crate::postgres::Divergence::Diverged { reason } => Divergence::Diverged(reason),
+                    crate::postgres::Divergence::Diverged { reason } => {
+                        Divergence::Diverged(reason)
+                    }
                     crate::postgres::Divergence::Unknown(why) => Divergence::Unknown(why),
                 }),
                 Err(e) => JobOutcome::Failed(e.to_string()),
             };
         }
-        Job::Rewind { from } => pg.rewind(from, &local.postgresql.authentication).await.map_err(|e| e.to_string()),
-        Job::Start { role } => pg.start(role, timeout).await.map(|_| ()).map_err(|e| e.to_string()),
+        Job::Rewind { from } => pg
+            .rewind(from, &local.postgresql.authentication)
+            .await
+            .map_err(|e| e.to_string()),
+        Job::Start { role } => pg
+            .start(role, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     };
     match r {
         Ok(()) => JobOutcome::Ok,
@@ -280,11 +352,19 @@ async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
 }
 
 async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(), String> {
-    pg.initdb(&local.bootstrap.initdb).await.map_err(|e| e.to_string())?;
-    pg.start(&ConfigRole::Primary, timeout).await.map_err(|e| e.to_string())?;
-    pg.create_bootstrap_users(&local.postgresql.authentication).await.map_err(|e| e.to_string())?;
+    pg.initdb(&local.bootstrap.initdb)
+        .await
+        .map_err(|e| e.to_string())?;
+    pg.start(&ConfigRole::Primary, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    pg.create_bootstrap_users(&local.postgresql.authentication)
+        .await
+        .map_err(|e| e.to_string())?;
     if let Some(script) = &local.bootstrap.post_bootstrap {
-        pg.run_post_bootstrap(script).await.map_err(|e| e.to_string())?;
+        pg.run_post_bootstrap(script)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -306,10 +386,14 @@ impl std::fmt::Debug for Executor {
     }
 }
 
-
 /// Parse `pg_wal/<TL>.history`: lines "parentTLI\tswitchpoint\treason".
-fn read_timeline_history(data_dir: &std::path::Path, timeline: u32) -> std::io::Result<Vec<(u32, u64, String)>> {
-    let path = data_dir.join("pg_wal").join(format!("{timeline:08X}.history"));
+fn read_timeline_history(
+    data_dir: &std::path::Path,
+    timeline: u32,
+) -> std::io::Result<Vec<(u32, u64, String)>> {
+    let path = data_dir
+        .join("pg_wal")
+        .join(format!("{timeline:08X}.history"));
     let text = std::fs::read_to_string(path)?;
     Ok(text
         .lines()

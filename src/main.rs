@@ -49,7 +49,11 @@ fn main() {
         eprintln!("{e:#}");
         std::process::exit(1);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
     if let Err(e) = rt.block_on(run(loaded.config, args.config)) {
         error!("{e:#}");
         std::process::exit(1);
@@ -57,10 +61,18 @@ fn main() {
 }
 
 fn init_logging(cfg: &Config) {
-    let level = cfg.log.get("level").and_then(|l| l.as_str()).unwrap_or("info").to_lowercase();
+    let level = cfg
+        .log
+        .get("level")
+        .and_then(|l| l.as_str())
+        .unwrap_or("info")
+        .to_lowercase();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 /// PostgreSQL refuses to run as root: as root, become the `postgres` user (or
@@ -72,11 +84,19 @@ fn drop_privileges(cfg: &Config) -> Result<()> {
     }
     let name = std::env::var("PATRONI_RUN_AS").unwrap_or_else(|_| "postgres".into());
     let Some(user) = User::from_name(&name)? else {
-        bail!("running as root and there is no '{name}' user to run PostgreSQL as (set PATRONI_RUN_AS)");
+        bail!(
+            "running as root and there is no '{name}' user to run PostgreSQL as (set PATRONI_RUN_AS)"
+        );
     };
-    if let Some(parent) = cfg.postgresql.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = cfg
+        .postgresql
+        .data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         if !parent.exists() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
             std::os::unix::fs::chown(parent, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
         }
     }
@@ -91,14 +111,20 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
     let cfg = Arc::new(cfg);
     let dcs = connect_dcs(&cfg).await?;
     let bootstrap_dynamic = patroni::config::DynamicConfig::from_map(&cfg.bootstrap.dcs).0;
-    let pg = Arc::new(patroni::postgres::Postgres::new(patroni::postgres::settings_from_config(&cfg, &bootstrap_dynamic)));
+    let pg = Arc::new(patroni::postgres::Postgres::new(
+        patroni::postgres::settings_from_config(&cfg, &bootstrap_dynamic),
+    ));
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(NodeStatus {
         name: cfg.name.clone(),
         scope: cfg.scope.clone(),
         ..Default::default()
     }));
     let runtime = patroni::runtime::Runtime::new(cfg.clone(), dcs.clone(), pg, tx);
-    let api_state = patroni::api::ApiState { status: rx, dcs: Some(dcs.clone()), wake: runtime.wake.clone() };
+    let api_state = patroni::api::ApiState {
+        status: rx,
+        dcs: Some(dcs.clone()),
+        wake: runtime.wake.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
@@ -151,7 +177,9 @@ async fn wait_for_termination() {
 /// SIGHUP: re-read the local configuration. Changes that need new settings are applied
 /// by the next cycle; here we validate and report.
 async fn watch_sighup(path: Option<PathBuf>, wake: Arc<tokio::sync::Notify>) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     while hup.recv().await.is_some() {
         let env: BTreeMap<String, String> = std::env::vars().collect();
         match config::validate::validate_file_or_env(path.as_deref(), &env) {

@@ -28,7 +28,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(local: Arc<Config>, dcs: Arc<dyn Dcs>, pg: Arc<Postgres>, status: watch::Sender<Arc<NodeStatus>>) -> Runtime {
+    pub fn new(
+        local: Arc<Config>,
+        dcs: Arc<dyn Dcs>,
+        pg: Arc<Postgres>,
+        status: watch::Sender<Arc<NodeStatus>>,
+    ) -> Runtime {
         let wake = Arc::new(Notify::new());
         let executor = Executor::new(dcs.clone(), pg.clone(), local.clone(), wake.clone());
         let dynamic = crate::config::dynamic::DynamicConfig::from_map(&local.bootstrap.dcs).0;
@@ -42,7 +47,10 @@ impl Runtime {
             memory: Memory::default(),
             dynamic,
             started: Instant::now(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("http client"),
         }
     }
 
@@ -145,10 +153,13 @@ impl Runtime {
             self.dcs.set_ttl(Duration::from_secs(d.ttl)).await;
         }
         if d.retry_timeout != self.dynamic.retry_timeout {
-            self.dcs.set_retry_timeout(Duration::from_secs(d.retry_timeout)).await;
+            self.dcs
+                .set_retry_timeout(Duration::from_secs(d.retry_timeout))
+                .await;
         }
         if d != self.dynamic {
-            self.pg.set_settings(crate::postgres::settings_from_config(&self.local, &d));
+            self.pg
+                .set_settings(crate::postgres::settings_from_config(&self.local, &d));
         }
         std::mem::swap(&mut self.dynamic, &mut d);
     }
@@ -161,10 +172,13 @@ impl Runtime {
             loop_wait: self.dynamic.loop_wait,
             retry_timeout: self.dynamic.retry_timeout,
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
-            use_pg_rewind: pgc.use_pg_rewind.unwrap_or(self.dynamic.postgresql.use_pg_rewind),
+            use_pg_rewind: pgc
+                .use_pg_rewind
+                .unwrap_or(self.dynamic.postgresql.use_pg_rewind),
             use_slots: self.dynamic.postgresql.use_slots,
             remove_data_directory_on_rewind_failure: pgc.remove_data_directory_on_rewind_failure,
-            remove_data_directory_on_diverged_timelines: pgc.remove_data_directory_on_diverged_timelines,
+            remove_data_directory_on_diverged_timelines: pgc
+                .remove_data_directory_on_diverged_timelines,
             tags: self.local.tags.clone(),
         }
     }
@@ -186,18 +200,37 @@ impl Runtime {
     fn urls(&self) -> (String, String) {
         let pg = &self.local.postgresql;
         let api = &self.local.restapi;
-        let api_addr = if api.connect_address.is_empty() { &api.listen } else { &api.connect_address };
-        let scheme = if api.certfile.is_some() { "https" } else { "http" };
-        (format!("postgres://{}/postgres", pg.connect_address), format!("{scheme}://{api_addr}/patroni"))
+        let api_addr = if api.connect_address.is_empty() {
+            &api.listen
+        } else {
+            &api.connect_address
+        };
+        let scheme = if api.certfile.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        (
+            format!("postgres://{}/postgres", pg.connect_address),
+            format!("{scheme}://{api_addr}/patroni"),
+        )
     }
 
     fn publish(&self, obs: &Observation, role: Role, has_lock: bool, message: &str) {
         let (conn_url, api_url) = self.urls();
         let (cluster, unlocked, last_seen) = match &obs.dcs {
-            DcsView::Ok(c) => (Some(c.clone()), c.is_unlocked(), Some(chrono::Utc::now().timestamp())),
+            DcsView::Ok(c) => (
+                Some(c.clone()),
+                c.is_unlocked(),
+                Some(chrono::Utc::now().timestamp()),
+            ),
             DcsView::Unreachable(_) => {
                 let prev = self.status.borrow();
-                (prev.cluster.clone(), prev.cluster_unlocked, prev.dcs_last_seen)
+                (
+                    prev.cluster.clone(),
+                    prev.cluster_unlocked,
+                    prev.dcs_last_seen,
+                )
             }
         };
         let status = NodeStatus {
@@ -213,7 +246,11 @@ impl Runtime {
             tags: self.local.tags.clone(),
             dynamic: self.dynamic.clone(),
             cluster,
-            pending_restart: obs.pg.sql.as_ref().is_some_and(|s| !s.pending_restart.is_empty()),
+            pending_restart: obs
+                .pg
+                .sql
+                .as_ref()
+                .is_some_and(|s| !s.pending_restart.is_empty()),
             pending_restart_reason: Default::default(),
             watchdog_failed: false,
             loop_running: true,
@@ -243,7 +280,10 @@ impl Runtime {
                 crate::postgres::types::DataDirState::Initialized(c) => Some(c.checkpoint_lsn),
                 _ => None,
             };
-            let status = crate::dcs::Status { optime, ..Default::default() };
+            let status = crate::dcs::Status {
+                optime,
+                ..Default::default()
+            };
             match self.dcs.delete_leader(Some(&status)).await {
                 Ok(true) => info!("released the leader key"),
                 Ok(false) => warn!("the leader key was no longer mine at shutdown"),
@@ -261,7 +301,11 @@ async fn fetch_peers(http: &reqwest::Client, c: &Cluster, me: &str) -> Vec<PeerS
         async move {
             let reply = match url {
                 Some(u) => match http.get(&u).send().await {
-                    Ok(r) => r.json::<serde_json::Value>().await.ok().map(|v| parse_peer(&v)),
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .map(|v| parse_peer(&v)),
                     Err(_) => None,
                 },
                 None => None,
@@ -277,14 +321,23 @@ pub fn parse_peer(v: &serde_json::Value) -> PeerReply {
     let role = v.get("role").and_then(|r| r.as_str()).unwrap_or("");
     let xlog = v.get("xlog").or_else(|| v.get("wal"));
     let get = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|n| n.as_u64());
-    let wal = get("location").unwrap_or(0).max(get("received_location").unwrap_or(0)).max(get("replayed_location").unwrap_or(0));
+    let wal = get("location")
+        .unwrap_or(0)
+        .max(get("received_location").unwrap_or(0))
+        .max(get("replayed_location").unwrap_or(0));
     let tags = v.get("tags");
     PeerReply {
         is_primary: matches!(role, "primary" | "master"),
         wal_position: wal,
         timeline: v.get("timeline").and_then(|t| t.as_u64()).map(|t| t as u32),
         nofailover: crate::dcs::tag_is_true(tags.and_then(|t| t.get("nofailover"))),
-        failover_priority: tags.and_then(|t| t.get("failover_priority")).and_then(|p| p.as_i64()).unwrap_or(1),
-        watchdog_failed: v.get("watchdog_failed").and_then(|w| w.as_bool()).unwrap_or(false),
+        failover_priority: tags
+            .and_then(|t| t.get("failover_priority"))
+            .and_then(|p| p.as_i64())
+            .unwrap_or(1),
+        watchdog_failed: v
+            .get("watchdog_failed")
+            .and_then(|w| w.as_bool())
+            .unwrap_or(false),
     }
 }

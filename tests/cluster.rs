@@ -26,14 +26,19 @@ fn healthy_cluster() -> Cluster {
 }
 
 fn write_through_haproxy(c: &Cluster, id: i64) -> Result<String, String> {
-    psql(c.ha_primary_port, &format!("INSERT INTO t VALUES ({id}) RETURNING id"))
+    psql(
+        c.ha_primary_port,
+        &format!("INSERT INTO t VALUES ({id}) RETURNING id"),
+    )
 }
 
 fn wait_rows_on(c: &Cluster, i: usize, count: i64) {
     let port = c.nodes[i].pg_port;
-    eventually(Duration::from_secs(60), &format!("{count} rows on {}", c.nodes[i].name), || {
-        (psql(port, "SELECT count(*) FROM t").ok()? == count.to_string()).then_some(())
-    });
+    eventually(
+        Duration::from_secs(60),
+        &format!("{count} rows on {}", c.nodes[i].name),
+        || (psql(port, "SELECT count(*) FROM t").ok()? == count.to_string()).then_some(()),
+    );
 }
 
 #[test]
@@ -42,12 +47,19 @@ fn three_nodes_bootstrap_and_replicate_through_haproxy() {
     let c = healthy_cluster();
     let p = c.primary().unwrap();
     eventually(Duration::from_secs(30), "HAProxy routes writes", || {
-        psql(c.ha_primary_port, "CREATE TABLE IF NOT EXISTS t (id int primary key)").ok()
+        psql(
+            c.ha_primary_port,
+            "CREATE TABLE IF NOT EXISTS t (id int primary key)",
+        )
+        .ok()
     });
     write_through_haproxy(&c, 1).unwrap();
     for i in (0..3).filter(|&i| i != p) {
         wait_rows_on(&c, i, 1);
-        assert_eq!(psql(c.nodes[i].pg_port, "SELECT pg_is_in_recovery()").unwrap(), "t");
+        assert_eq!(
+            psql(c.nodes[i].pg_port, "SELECT pg_is_in_recovery()").unwrap(),
+            "t"
+        );
     }
     // Reads through :5001 land on a replica.
     let r = eventually(Duration::from_secs(30), "HAProxy routes reads", || {
@@ -55,7 +67,9 @@ fn three_nodes_bootstrap_and_replicate_through_haproxy() {
     });
     assert_eq!(r, "t");
     // The leader key names the primary; /cluster lists three members.
-    let cl = support::cluster::http_get_json(c.nodes[p].api_port, "/cluster").unwrap().1;
+    let cl = support::cluster::http_get_json(c.nodes[p].api_port, "/cluster")
+        .unwrap()
+        .1;
     assert_eq!(cl["members"].as_array().map(|m| m.len()), Some(3), "{cl}");
 }
 
@@ -63,23 +77,36 @@ fn three_nodes_bootstrap_and_replicate_through_haproxy() {
 fn kill9_of_primary_fails_over_and_old_primary_rejoins() {
     let _s = serial();
     let mut c = healthy_cluster();
-    eventually(Duration::from_secs(30), "table", || psql(c.ha_primary_port, "CREATE TABLE t (id int primary key)").ok());
+    eventually(Duration::from_secs(30), "table", || {
+        psql(c.ha_primary_port, "CREATE TABLE t (id int primary key)").ok()
+    });
     write_through_haproxy(&c, 1).unwrap();
     let old = c.primary().unwrap();
     let killed_at = Instant::now();
     c.kill_daemon(old, true);
     let budget = Duration::from_secs(FAST.ttl + 2 * FAST.loop_wait + 10);
-    eventually(budget, "writes through HAProxy after failover", || write_through_haproxy(&c, 2).ok());
+    eventually(budget, "writes through HAProxy after failover", || {
+        write_through_haproxy(&c, 2).ok()
+    });
     let pause = killed_at.elapsed();
-    eprintln!("FIGURE failover_kill9_write_pause_s={:.1}", pause.as_secs_f64());
+    eprintln!(
+        "FIGURE failover_kill9_write_pause_s={:.1}",
+        pause.as_secs_f64()
+    );
     let new = c.wait_primary(Duration::from_secs(10));
     assert_ne!(new, old);
     write_through_haproxy(&c, 3).unwrap();
     // The old primary comes back as a replica of the new one (pg_rewind if needed).
     c.start(old);
-    eventually(Duration::from_secs(120), "old primary streams again", || c.is_streaming(old).then_some(()));
+    eventually(
+        Duration::from_secs(120),
+        "old primary streams again",
+        || c.is_streaming(old).then_some(()),
+    );
     wait_rows_on(&c, old, 3);
-    let hist = support::cluster::http_get_json(c.nodes[new].api_port, "/history").unwrap().1;
+    let hist = support::cluster::http_get_json(c.nodes[new].api_port, "/history")
+        .unwrap()
+        .1;
     assert_eq!(hist.as_array().map(|h| h.len()), Some(1), "{hist}");
 }
 
@@ -95,14 +122,23 @@ fn etcd_outage_demotes_primary_and_cluster_recovers() {
     for i in 0..3 {
         let port = c.nodes[i].pg_port;
         let r = psql(port, "CREATE TABLE IF NOT EXISTS outage (id int)");
-        assert!(r.is_err(), "node {i} accepted a write {:?} after the DCS was gone", stopped.elapsed());
+        assert!(
+            r.is_err(),
+            "node {i} accepted a write {:?} after the DCS was gone",
+            stopped.elapsed()
+        );
     }
-    assert_ne!(support::cluster::http_status(c.nodes[p].api_port, "/primary"), Some(200));
+    assert_ne!(
+        support::cluster::http_status(c.nodes[p].api_port, "/primary"),
+        Some(200)
+    );
     c.etcd.restart();
     let leader = c.wait_primary(Duration::from_secs(90));
-    eventually(Duration::from_secs(120), "two streaming replicas after the outage", || {
-        ((0..3).filter(|&i| i != leader && c.is_streaming(i)).count() == 2).then_some(())
-    });
+    eventually(
+        Duration::from_secs(120),
+        "two streaming replicas after the outage",
+        || ((0..3).filter(|&i| i != leader && c.is_streaming(i)).count() == 2).then_some(()),
+    );
 }
 
 #[test]
@@ -110,17 +146,36 @@ fn postmaster_crash_restarts_in_place_without_failover() {
     let _s = serial();
     let c = healthy_cluster();
     let p = c.primary().unwrap();
-    let hist_before = support::cluster::http_get_json(c.nodes[p].api_port, "/history").unwrap().1;
+    let hist_before = support::cluster::http_get_json(c.nodes[p].api_port, "/history")
+        .unwrap()
+        .1;
     let pid = c.postmaster_pid(p).unwrap();
     let t0 = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    eventually(Duration::from_secs(30), "primary accepts writes again", || {
-        psql(c.nodes[p].pg_port, "CREATE TABLE IF NOT EXISTS crash (id int)").ok()
-    });
-    eprintln!("FIGURE postmaster_crash_recovery_s={:.1}", t0.elapsed().as_secs_f64());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "primary accepts writes again",
+        || {
+            psql(
+                c.nodes[p].pg_port,
+                "CREATE TABLE IF NOT EXISTS crash (id int)",
+            )
+            .ok()
+        },
+    );
+    eprintln!(
+        "FIGURE postmaster_crash_recovery_s={:.1}",
+        t0.elapsed().as_secs_f64()
+    );
     assert_ne!(c.postmaster_pid(p), Some(pid));
     assert_eq!(c.primary(), Some(p), "no failover expected");
-    let hist_after = support::cluster::http_get_json(c.nodes[p].api_port, "/history").unwrap().1;
+    let hist_after = support::cluster::http_get_json(c.nodes[p].api_port, "/history")
+        .unwrap()
+        .1;
     assert_eq!(hist_before, hist_after);
 }
 
@@ -131,10 +186,20 @@ fn sigterm_of_primary_hands_over_quickly() {
     let old = c.primary().unwrap();
     let t0 = Instant::now();
     c.sigterm_daemon(old);
-    let new = eventually(Duration::from_secs(FAST.loop_wait + 15), "a new primary after SIGTERM", || {
-        (0..3).find(|&i| i != old && support::cluster::http_status(c.nodes[i].api_port, "/primary") == Some(200))
-    });
-    eprintln!("FIGURE sigterm_handover_s={:.1}", t0.elapsed().as_secs_f64());
+    let new = eventually(
+        Duration::from_secs(FAST.loop_wait + 15),
+        "a new primary after SIGTERM",
+        || {
+            (0..3).find(|&i| {
+                i != old
+                    && support::cluster::http_status(c.nodes[i].api_port, "/primary") == Some(200)
+            })
+        },
+    );
+    eprintln!(
+        "FIGURE sigterm_handover_s={:.1}",
+        t0.elapsed().as_secs_f64()
+    );
     assert_ne!(new, old);
     // The daemon exits by itself and its PostgreSQL is stopped.
     eventually(Duration::from_secs(30), "old daemon exits", || {

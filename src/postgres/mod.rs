@@ -156,7 +156,10 @@ fn sql_head(sql: &str) -> String {
 
 /// Build the PostgreSQL layer's settings from the local file and the dynamic config:
 /// effective GUCs (upstream's merge rules) and hba lines (local wins over dynamic).
-pub fn settings_from_config(cfg: &crate::config::Config, dynamic: &crate::config::DynamicConfig) -> PgSettings {
+pub fn settings_from_config(
+    cfg: &crate::config::Config,
+    dynamic: &crate::config::DynamicConfig,
+) -> PgSettings {
     let pg_hba = cfg
         .postgresql
         .pg_hba

@@ -14,7 +14,11 @@ pub struct Timing {
     pub retry_timeout: u64,
 }
 
-pub const FAST: Timing = Timing { ttl: 20, loop_wait: 2, retry_timeout: 5 };
+pub const FAST: Timing = Timing {
+    ttl: 20,
+    loop_wait: 2,
+    retry_timeout: 5,
+};
 
 pub struct Node {
     pub name: String,
@@ -48,14 +52,39 @@ impl Cluster {
                 let name = format!("pg{i}");
                 let data_dir = dir.join(&format!("data/{name}"));
                 let config = dir.join(&format!("{name}.yml"));
-                let yml = node_yaml(&name, &scope, pg_port, api_port, etcd.client_port, &data_dir, &dir, t);
+                let yml = node_yaml(
+                    &name,
+                    &scope,
+                    pg_port,
+                    api_port,
+                    etcd.client_port,
+                    &data_dir,
+                    &dir,
+                    t,
+                );
                 std::fs::write(&config, yml).unwrap();
-                Node { name, pg_port, api_port, config, data_dir, daemon: None, log_n: 0 }
+                Node {
+                    name,
+                    pg_port,
+                    api_port,
+                    config,
+                    data_dir,
+                    daemon: None,
+                    log_n: 0,
+                }
             })
             .collect();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         chown_for_postgres(&dir.join("data"));
-        Cluster { dir, etcd, nodes, haproxy: None, ha_primary_port: 0, ha_replica_port: 0, scope }
+        Cluster {
+            dir,
+            etcd,
+            nodes,
+            haproxy: None,
+            ha_primary_port: 0,
+            ha_replica_port: 0,
+            scope,
+        }
     }
 
     pub fn start_all(&mut self) {
@@ -80,7 +109,10 @@ impl Cluster {
             g.kill9();
         }
         if with_postmaster && let Some(pid) = self.postmaster_pid(i) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 
@@ -93,16 +125,23 @@ impl Cluster {
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
         let s = std::fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = s.lines().next()?.trim().parse().ok()?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .ok()
+            .map(|_| pid)
     }
 
     pub fn start_haproxy(&mut self) {
         self.ha_primary_port = free_port();
         self.ha_replica_port = free_port();
         let servers = |check: &str| {
-            let mut s = format!("    option httpchk OPTIONS /{check}\n    http-check expect status 200\n    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n");
+            let mut s = format!(
+                "    option httpchk OPTIONS /{check}\n    http-check expect status 200\n    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
+            );
             for n in &self.nodes {
-                s += &format!("    server {} 127.0.0.1:{} check port {}\n", n.name, n.pg_port, n.api_port);
+                s += &format!(
+                    "    server {} 127.0.0.1:{} check port {}\n",
+                    n.name, n.pg_port, n.api_port
+                );
             }
             s
         };
@@ -118,7 +157,12 @@ impl Cluster {
         std::fs::write(&path, cfg).unwrap();
         let mut cmd = Command::new("haproxy");
         cmd.arg("-f").arg(&path).arg("-db");
-        self.haproxy = Some(ChildGuard::spawn("haproxy", cmd, false, &self.dir.join("haproxy.log")));
+        self.haproxy = Some(ChildGuard::spawn(
+            "haproxy",
+            cmd,
+            false,
+            &self.dir.join("haproxy.log"),
+        ));
         wait_port(self.ha_primary_port, Duration::from_secs(10));
     }
 
@@ -134,7 +178,10 @@ impl Cluster {
     /// Index of the node that says it is primary and has the lock (GET /primary = 200).
     pub fn primary(&self) -> Option<usize> {
         let p: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].daemon.is_some() && http_status(self.nodes[i].api_port, "/primary") == Some(200))
+            .filter(|&i| {
+                self.nodes[i].daemon.is_some()
+                    && http_status(self.nodes[i].api_port, "/primary") == Some(200)
+            })
             .collect();
         (p.len() == 1).then(|| p[0])
     }
@@ -157,12 +204,17 @@ impl Cluster {
 
     pub fn log_of(&self, i: usize) -> String {
         let n = &self.nodes[i];
-        std::fs::read_to_string(self.dir.join(&format!("{}-{}.log", n.name, n.log_n))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(&format!("{}-{}.log", n.name, n.log_n)))
+            .unwrap_or_default()
     }
 
     pub fn dump_logs(&self) {
         for i in 0..self.nodes.len() {
-            eprintln!("===== log of {} =====\n{}", self.nodes[i].name, tail(&self.log_of(i), 60));
+            eprintln!(
+                "===== log of {} =====\n{}",
+                self.nodes[i].name,
+                tail(&self.log_of(i), 60)
+            );
         }
     }
 }
@@ -186,7 +238,19 @@ impl Drop for Cluster {
 /// Run one statement with psql as the superuser; stdout trimmed.
 pub fn psql(port: u16, sql: &str) -> Result<String, String> {
     let out = Command::new(format!("{}/psql", super::PG_BIN))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-XAtq", "-c", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-c",
+            sql,
+        ])
         .env("PGPASSWORD", "patroni")
         .env("PGCONNECT_TIMEOUT", "3")
         .output()
@@ -207,7 +271,11 @@ pub fn http_get_json(port: u16, path: &str) -> Option<(u16, Value)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status: u16 = buf.split_whitespace().nth(1)?.parse().ok()?;
