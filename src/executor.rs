@@ -182,8 +182,15 @@ impl Executor {
                 None
             }
             Action::Promote => {
-                if let Err(e) = self.pg.promote(self.stop_timeout()).await {
-                    warn!("promote failed: {e}");
+                match self.pg.promote(self.stop_timeout()).await {
+                    // As upstream: checkpoint right after promotion so a former primary can
+                    // pg_rewind from us at once (pg_rewind needs the new timeline in pg_control).
+                    Ok(()) => {
+                        if let Err(e) = self.pg.checkpoint().await {
+                            warn!("checkpoint after promote failed: {e}");
+                        }
+                    }
+                    Err(e) => warn!("promote failed: {e}"),
                 }
                 None
             }

@@ -207,3 +207,80 @@ fn sigterm_of_primary_hands_over_quickly() {
     });
     assert!(c.postmaster_pid(old).is_none());
 }
+
+#[test]
+fn garbage_in_dcs_keys_is_tolerated_and_upstream_patronictl_lists_us() {
+    let _s = serial();
+    let c = healthy_cluster();
+    let p = c.primary().unwrap();
+    // Upstream patronictl (pip package in a venv made by scripts/upstream-venv.sh) sees our members.
+    let ctl = std::process::Command::new("scripts/upstream-venv.sh")
+        .output()
+        .expect("upstream venv script");
+    assert!(
+        ctl.status.success(),
+        "creating the upstream venv failed: {}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    let ctl = String::from_utf8_lossy(&ctl.stdout).trim().to_string();
+    let list = eventually(
+        Duration::from_secs(60),
+        "upstream patronictl list with 2 streaming replicas",
+        || {
+            let out = std::process::Command::new(&ctl)
+                .args([
+                    "-c",
+                    c.nodes[0].config.to_str().unwrap(),
+                    "list",
+                    "-f",
+                    "json",
+                ])
+                .output()
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let rows = v.as_array()?.clone();
+            let streaming = rows
+                .iter()
+                .filter(|r| r["Role"] == "Replica" && r["State"] == "streaming")
+                .count();
+            (rows.len() == 3 && streaming == 2).then_some(rows)
+        },
+    );
+    let leader: Vec<_> = list.iter().filter(|r| r["Role"] == "Leader").collect();
+    assert_eq!(leader.len(), 1, "{list:?}");
+    assert_eq!(leader[0]["Member"], c.nodes[p].name.as_str());
+    assert_eq!(leader[0]["State"], "running");
+    assert!(list.iter().all(|r| r["TL"] == 1), "{list:?}");
+    // Garbage in every key we read: the daemons keep running and keep the primary.
+    let prefix = format!("/service/{}/", c.scope);
+    for (k, v) in [
+        ("config", "not json"),
+        ("history", "{"),
+        ("status", "[]"),
+        ("failover", "???"),
+        ("sync", "42"),
+        ("members/ghost", "<xml/>"),
+    ] {
+        let ok = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &c.etcd.endpoint(),
+                "put",
+                &format!("{prefix}{k}"),
+                v,
+            ])
+            .status()
+            .expect("etcdctl");
+        assert!(ok.success());
+    }
+    std::thread::sleep(Duration::from_secs(3 * FAST.loop_wait));
+    for i in 0..3 {
+        assert!(
+            c.patroni(i).is_some(),
+            "node {i} stopped answering after garbage in the DCS"
+        );
+    }
+    assert_eq!(c.primary(), Some(p));
+    psql(c.nodes[p].pg_port, "SELECT 1").unwrap();
+}

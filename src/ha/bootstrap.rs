@@ -155,9 +155,11 @@ pub(super) fn job_finished(
             None
         }
         (Job::Rewind { from }, JobOutcome::Failed(e)) => {
-            mem.rewind_failed = true;
+            // Often transient (the new leader has not checkpointed yet): check again next
+            // cycle rather than giving up on this node.
+            mem.divergence = None;
             let mut actions = vec![];
-            let mut msg = format!("pg_rewind from '{}' failed ({e})", from.member);
+            let mut msg = format!("pg_rewind from '{}' failed ({e}); will retry", from.member);
             if obs.config.remove_data_directory_on_rewind_failure {
                 actions.push(Action::RemoveDataDir);
                 msg.push_str("; removing the data directory to rebuild it with pg_basebackup");
