@@ -92,13 +92,11 @@ fn drop_privileges(cfg: &Config) -> Result<()> {
         .postgresql
         .data_dir
         .parent()
-        .filter(|p| !p.as_os_str().is_empty())
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
     {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-            std::os::unix::fs::chown(parent, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
-        }
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        std::os::unix::fs::chown(parent, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
     }
     setgroups(&[Gid::from_raw(user.gid.as_raw())])?;
     setgid(user.gid)?;
