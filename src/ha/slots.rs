@@ -4,22 +4,9 @@ use super::Action;
 use crate::dcs::Cluster;
 use crate::postgres::types::SqlObservation;
 
-/// Upstream's slot_name_from_member_name: lower case, anything outside [a-z0-9_] -> '_',
-/// at most 63 bytes.
+/// Upstream's slot_name_from_member_name (one implementation, in the pure conf helpers).
 pub fn slot_name(member: &str) -> String {
-    let mut s: String = member
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.truncate(63);
-    s
+    crate::postgres::conf::slot_name_from_member_name(member)
 }
 
 /// Create slots for every other member that streams from us; drop inactive physical slots
