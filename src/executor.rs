@@ -51,6 +51,11 @@ impl Executor {
         }
     }
 
+    /// The local configuration was re-read (SIGHUP, POST /reload).
+    pub fn set_local(&mut self, local: Arc<Config>) {
+        self.local = local;
+    }
+
     pub fn set_postgres(&mut self, pg: Arc<Postgres>) {
         self.pg = pg;
     }

@@ -7,6 +7,7 @@ pub mod dcs;
 pub mod executor;
 pub mod ha;
 pub mod postgres;
+pub mod reload;
 pub mod runtime;
 pub mod status;
 

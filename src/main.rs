@@ -131,8 +131,7 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
     let api = tokio::spawn(patroni::api::serve(listener, api_state, async move {
         let _ = api_stop.wait_for(|s| *s).await;
     }));
-    let wake = runtime.wake.clone();
-    tokio::spawn(watch_sighup(path, wake));
+    tokio::spawn(watch_sighup(runtime.reloader(path)));
     let mut ha_stop = stop_rx.clone();
     let ha = tokio::spawn(runtime.run(async move {
         let _ = ha_stop.wait_for(|s| *s).await;
@@ -172,22 +171,24 @@ async fn wait_for_termination() {
     }
 }
 
-/// SIGHUP: re-read the local configuration. Changes that need new settings are applied
-/// by the next cycle; here we validate and report.
-async fn watch_sighup(path: Option<PathBuf>, wake: Arc<tokio::sync::Notify>) {
+/// SIGHUP: re-read the local configuration; the loop adopts a valid one at once.
+async fn watch_sighup(reloader: patroni::reload::ConfigReloader) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        match config::validate::validate_file_or_env(path.as_deref(), &env) {
-            Ok(_) => info!("SIGHUP: configuration re-read and valid"),
+        match reloader.reload() {
+            Ok(warnings) => {
+                for w in warnings {
+                    warn!("SIGHUP: {w}");
+                }
+                info!("SIGHUP: configuration re-read");
+            }
             Err(issues) => {
                 for i in issues {
                     warn!("SIGHUP: configuration not reloaded: {i}");
                 }
             }
         }
-        wake.notify_one();
     }
 }

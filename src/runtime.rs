@@ -23,6 +23,9 @@ pub struct Runtime {
     pub wake: Arc<Notify>,
     pub memory: Memory,
     pub dynamic: DynamicConfig,
+    /// New local configurations from SIGHUP / POST /reload (see `reload.rs`).
+    config_tx: Arc<watch::Sender<Arc<Config>>>,
+    config_rx: watch::Receiver<Arc<Config>>,
     started: Instant,
     http: reqwest::Client,
 }
@@ -37,7 +40,10 @@ impl Runtime {
         let wake = Arc::new(Notify::new());
         let executor = Executor::new(dcs.clone(), pg.clone(), local.clone(), wake.clone());
         let dynamic = crate::config::dynamic::DynamicConfig::from_map(&local.bootstrap.dcs).0;
+        let (config_tx, config_rx) = watch::channel(local.clone());
         Runtime {
+            config_tx: Arc::new(config_tx),
+            config_rx,
             local,
             dcs,
             pg,
@@ -52,6 +58,37 @@ impl Runtime {
                 .build()
                 .expect("http client"),
         }
+    }
+
+    /// A handle that re-reads the configuration file `path` and hands it to this loop.
+    pub fn reloader(&self, path: Option<std::path::PathBuf>) -> crate::reload::ConfigReloader {
+        crate::reload::ConfigReloader::new(path, self.config_tx.clone(), self.wake.clone())
+    }
+
+    /// Adopt a re-read local configuration; settings that need a daemon restart keep
+    /// their running value.
+    fn adopt_local(&mut self, new: Arc<Config>) {
+        let mut new = (*new).clone();
+        let old = &self.local;
+        for key in crate::reload::restart_only_changes(old, &new) {
+            warn!(
+                "reload: a change of `{key}` needs a restart of patroni; keeping the running value"
+            );
+        }
+        new.name = old.name.clone();
+        new.scope = old.scope.clone();
+        new.namespace = old.namespace.clone();
+        new.etcd3 = old.etcd3.clone();
+        new.restapi.listen = old.restapi.listen.clone();
+        new.postgresql.data_dir = old.postgresql.data_dir.clone();
+        if new == **old {
+            info!("reload: the local configuration is unchanged");
+            return;
+        }
+        info!("reload: adopting the re-read local configuration");
+        let new = Arc::new(new);
+        self.local = new.clone();
+        self.executor.set_local(new);
     }
 
     /// Run cycles until `shutdown` resolves, then stop PostgreSQL and release the leader key.
@@ -91,6 +128,10 @@ impl Runtime {
 
     /// One HA cycle. Returns the leader key version seen (for the watch) and the postmaster pid.
     async fn cycle(&mut self) -> (Option<i64>, Option<u32>) {
+        if self.config_rx.has_changed().unwrap_or(false) {
+            let new = self.config_rx.borrow_and_update().clone();
+            self.adopt_local(new);
+        }
         let retry = Duration::from_secs(self.dynamic.retry_timeout.max(1));
         let dcs_view = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
             Ok(Ok(c)) => {
@@ -105,6 +146,7 @@ impl Runtime {
         if let DcsView::Ok(c) = &dcs_view {
             self.apply_dynamic(c).await;
         }
+        self.apply_pg_settings();
         let pg = self.pg.observe().await;
         let mut obs = Observation {
             now_ms: self.started.elapsed().as_millis() as u64,
@@ -157,11 +199,20 @@ impl Runtime {
                 .set_retry_timeout(Duration::from_secs(d.retry_timeout))
                 .await;
         }
-        if d != self.dynamic {
-            self.pg
-                .set_settings(crate::postgres::settings_from_config(&self.local, &d));
-        }
         std::mem::swap(&mut self.dynamic, &mut d);
+    }
+
+    /// Push the effective PostgreSQL settings (local file + dynamic config) to the server:
+    /// files rewritten and a reload when anything changed.
+    fn apply_pg_settings(&self) {
+        let settings = crate::postgres::settings_from_config(&self.local, &self.dynamic);
+        match self.pg.apply_settings(settings) {
+            Ok(crate::postgres::Reconfigured::Reloaded) => {
+                info!("PostgreSQL configuration changed: files rewritten and reloaded")
+            }
+            Ok(_) => {}
+            Err(e) => warn!("applying the new PostgreSQL configuration failed: {e}"),
+        }
     }
 
     fn ha_config(&self) -> HaConfig {
@@ -191,7 +242,12 @@ impl Runtime {
             proxy_url: self.local.postgresql.proxy_address.as_deref(),
             tags: &self.local.tags,
         };
-        let data = ha::member::member_data(&id, &obs.pg, role, state);
+        let mut data = ha::member::member_data(&id, &obs.pg, role, state);
+        let reason = self.restart_reason(obs);
+        if !reason.is_empty() {
+            data.pending_restart = Some(true);
+            data.pending_restart_reason = Some(serde_json::Value::Object(reason));
+        }
         if let Err(e) = self.dcs.touch_member(&data).await {
             warn!("updating my member key failed: {e}");
         }
@@ -216,6 +272,26 @@ impl Runtime {
         )
     }
 
+    /// Upstream's `pending_restart_reason`: {name: {old_value, new_value}}.
+    fn restart_reason(&self, obs: &Observation) -> serde_json::Map<String, serde_json::Value> {
+        let sql_pending = obs
+            .pg
+            .sql
+            .as_ref()
+            .map(|s| s.pending_restart.clone())
+            .unwrap_or_default();
+        self.pg
+            .pending_restart_reason(&sql_pending)
+            .into_iter()
+            .map(|(k, r)| {
+                (
+                    k,
+                    serde_json::json!({"old_value": r.old_value, "new_value": r.new_value}),
+                )
+            })
+            .collect()
+    }
+
     fn publish(&self, obs: &Observation, role: Role, has_lock: bool, message: &str) {
         let (conn_url, api_url) = self.urls();
         let (cluster, unlocked, last_seen) = match &obs.dcs {
@@ -233,6 +309,7 @@ impl Runtime {
                 )
             }
         };
+        let restart_reason = self.restart_reason(obs);
         let status = NodeStatus {
             name: self.local.name.clone(),
             scope: self.local.scope.clone(),
@@ -246,12 +323,8 @@ impl Runtime {
             tags: self.local.tags.clone(),
             dynamic: self.dynamic.clone(),
             cluster,
-            pending_restart: obs
-                .pg
-                .sql
-                .as_ref()
-                .is_some_and(|s| !s.pending_restart.is_empty()),
-            pending_restart_reason: Default::default(),
+            pending_restart: !restart_reason.is_empty(),
+            pending_restart_reason: restart_reason,
             watchdog_failed: false,
             loop_running: true,
             last_cycle_at: Some(chrono::Utc::now().timestamp()),

@@ -74,7 +74,6 @@ fn three_nodes_bootstrap_and_replicate_through_haproxy() {
 }
 
 #[test]
-#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn kill9_of_primary_fails_over_and_old_primary_rejoins() {
     let _s = serial();
     let mut c = healthy_cluster();
@@ -85,7 +84,8 @@ fn kill9_of_primary_fails_over_and_old_primary_rejoins() {
     let old = c.primary().unwrap();
     let killed_at = Instant::now();
     c.kill_daemon(old, true);
-    let budget = Duration::from_secs(FAST.ttl + 2 * FAST.loop_wait + 10);
+    // The bound: writes succeed again within ttl + 2*loop_wait.
+    let budget = Duration::from_secs(FAST.ttl + 2 * FAST.loop_wait);
     eventually(budget, "writes through HAProxy after failover", || {
         write_through_haproxy(&c, 2).ok()
     });
@@ -112,7 +112,6 @@ fn kill9_of_primary_fails_over_and_old_primary_rejoins() {
 }
 
 #[test]
-#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn etcd_outage_demotes_primary_and_cluster_recovers() {
     let _s = serial();
     let mut c = healthy_cluster();
@@ -144,7 +143,6 @@ fn etcd_outage_demotes_primary_and_cluster_recovers() {
 }
 
 #[test]
-#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn postmaster_crash_restarts_in_place_without_failover() {
     let _s = serial();
     let c = healthy_cluster();
@@ -183,7 +181,6 @@ fn postmaster_crash_restarts_in_place_without_failover() {
 }
 
 #[test]
-#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn sigterm_of_primary_hands_over_quickly() {
     let _s = serial();
     let mut c = healthy_cluster();
@@ -213,7 +210,6 @@ fn sigterm_of_primary_hands_over_quickly() {
 }
 
 #[test]
-#[ignore = "not yet verified green in CI: run with cargo test --test cluster -- --ignored"]
 fn garbage_in_dcs_keys_is_tolerated_and_upstream_patronictl_lists_us() {
     let _s = serial();
     let c = healthy_cluster();
@@ -288,4 +284,67 @@ fn garbage_in_dcs_keys_is_tolerated_and_upstream_patronictl_lists_us() {
     }
     assert_eq!(c.primary(), Some(p));
     psql(c.nodes[p].pg_port, "SELECT 1").unwrap();
+}
+
+#[test]
+fn sighup_and_dynamic_config_reach_postgres() {
+    let _s = serial();
+    let mut c = Cluster::new(2, &FAST);
+    c.start_all();
+    let p = c.wait_primary(Duration::from_secs(90));
+    let r = 1 - p;
+    eventually(Duration::from_secs(90), "a streaming replica", || {
+        c.is_streaming(r).then_some(())
+    });
+    let show = |i: usize, guc: &str| psql(c.nodes[i].pg_port, &format!("SHOW {guc}")).ok();
+
+    // SIGHUP: a parameter added to the replica's local file reaches its PostgreSQL.
+    c.edit_config(r, |v| {
+        v["postgresql"]["parameters"]["work_mem"] = "7MB".into();
+    });
+    c.signal_daemon(r, nix::sys::signal::Signal::SIGHUP);
+    eventually(
+        Duration::from_secs(20),
+        "work_mem from the re-read file",
+        || (show(r, "work_mem")? == "7MB").then_some(()),
+    );
+    // The replica still follows the primary after the rewrite.
+    assert!(c.is_streaming(r));
+
+    // A broken file on SIGHUP changes nothing and the daemon keeps serving.
+    std::fs::write(&c.nodes[r].config, "postgresql: [unclosed\n").unwrap();
+    c.signal_daemon(r, nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_secs(FAST.loop_wait + 1));
+    assert!(c.patroni(r).is_some(), "daemon stopped answering");
+    assert_eq!(show(r, "work_mem").as_deref(), Some("7MB"));
+    assert!(c.log_of(r).contains("configuration not reloaded"));
+
+    // Dynamic config: a reloadable GUC reaches every node; a restart-only one is reported
+    // as pending_restart with upstream's reason shape.
+    c.dcs_put(
+        "config",
+        &serde_json::json!({
+            "ttl": FAST.ttl, "loop_wait": FAST.loop_wait, "retry_timeout": FAST.retry_timeout,
+            "postgresql": {"use_pg_rewind": true, "use_slots": true,
+                "pg_hba": ["host replication replicator 127.0.0.1/32 md5",
+                           "host all all 127.0.0.1/32 md5"],
+                "parameters": {
+                "log_min_duration_statement": "1234", "max_connections": 123,
+                "wal_log_hints": "on"}}
+        })
+        .to_string(),
+    );
+    for i in 0..2 {
+        eventually(Duration::from_secs(20), "DCS parameter applied", || {
+            (show(i, "log_min_duration_statement")? == "1234ms").then_some(())
+        });
+        let st = eventually(Duration::from_secs(20), "pending_restart reported", || {
+            c.patroni(i).filter(|v| v["pending_restart"] == true)
+        });
+        assert_eq!(
+            st["pending_restart_reason"]["max_connections"]["new_value"], "123",
+            "{st}"
+        );
+        assert_eq!(show(i, "max_connections").as_deref(), Some("50"));
+    }
 }

@@ -46,9 +46,6 @@ pub fn member_data(
                 .into(),
             );
         }
-        if !s.pending_restart.is_empty() {
-            d.pending_restart = Some(true);
-        }
     }
     d
 }

@@ -7,23 +7,7 @@ use serde_json::Value;
 
 /// GUCs passed to the postmaster on the command line (as upstream does) so that neither
 /// `ALTER SYSTEM` nor a stray include can change them behind our back.
-pub const CMDLINE_PARAMS: &[&str] = &[
-    "listen_addresses",
-    "port",
-    "cluster_name",
-    "wal_level",
-    "hot_standby",
-    "max_connections",
-    "max_wal_senders",
-    "wal_keep_segments",
-    "wal_keep_size",
-    "max_prepared_transactions",
-    "max_locks_per_transaction",
-    "track_commit_timestamp",
-    "max_replication_slots",
-    "max_worker_processes",
-    "wal_log_hints",
-];
+pub use crate::config::pg_params::CMDLINE_PARAMS;
 
 /// Upstream's file names inside the config dir.
 pub const POSTGRESQL_CONF: &str = "postgresql.conf";

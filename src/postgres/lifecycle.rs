@@ -37,7 +37,9 @@ pub(super) const LONG_JOB: Duration = Duration::from_secs(30 * 24 * 3600);
 impl Postgres {
     /// Write postgresql.conf / pg_hba.conf / pgpass / standby.signal for `role`.
     pub fn write_config(&self, role: &ConfigRole) -> Result<()> {
-        files::write_config(&self.settings(), role)
+        files::write_config(&self.settings(), role)?;
+        self.remember_role(role);
+        Ok(())
     }
 
     /// No cluster (missing or empty data directory).
@@ -99,6 +101,7 @@ impl Postgres {
             return Err(PgError::AlreadyRunning { pid });
         }
         files::write_config(&s, role)?;
+        self.remember_role(role);
         let log = s.postmaster_log();
         let mut child = spawn_postmaster(&s, &log)?;
         let pid = child.id().unwrap_or(0);
@@ -179,6 +182,13 @@ impl Postgres {
             .arg(s.data_dir())
             .args(["-w", "-t", &secs]);
         run(cmd, "pg_ctl promote", timeout + Duration::from_secs(5)).await?;
+        // A primary's files: no primary_conninfo, no standby.signal (a crash restart of the
+        // postmaster must come back as a primary).
+        if let Err(e) = self.write_config(&ConfigRole::Primary) {
+            tracing::warn!("rewriting the config as a primary after promote failed: {e}");
+        } else if let Err(e) = self.reload() {
+            tracing::warn!("reload after promote failed: {e}");
+        }
         let deadline = Instant::now() + timeout;
         loop {
             match self.query("SELECT pg_catalog.pg_is_in_recovery()").await {

@@ -15,6 +15,7 @@ pub mod types;
 
 mod admin;
 mod lifecycle;
+mod reconfig;
 mod rewind;
 
 use std::sync::{Arc, RwLock};
@@ -25,6 +26,7 @@ use tokio_postgres::Client;
 pub use conf::{CMDLINE_PARAMS, slot_name_from_member_name};
 pub use error::{PgError, Result};
 pub use process::wait_for_exit;
+pub use reconfig::{Reconfigured, RestartReason, parse_postmaster_opts};
 pub use rewind::Divergence;
 pub use settings::{ConnTarget, PgSettings};
 pub use types::*;
@@ -37,6 +39,9 @@ pub struct Postgres {
     settings: RwLock<Arc<PgSettings>>,
     /// Cached superuser connection to the local server, with the target it was made for.
     conn: tokio::sync::Mutex<Option<(ConnTarget, Client)>>,
+    /// The role the config files were last written for, so a settings change can rewrite
+    /// them without changing what the server is (a standby stays a standby).
+    last_role: RwLock<Option<ConfigRole>>,
 }
 
 impl Postgres {
@@ -44,6 +49,7 @@ impl Postgres {
         Postgres {
             settings: RwLock::new(Arc::new(cfg)),
             conn: tokio::sync::Mutex::new(None),
+            last_role: RwLock::new(None),
         }
     }
 

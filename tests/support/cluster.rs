@@ -122,6 +122,39 @@ impl Cluster {
         }
     }
 
+    pub fn signal_daemon(&self, i: usize, sig: nix::sys::signal::Signal) {
+        if let Some(g) = &self.nodes[i].daemon {
+            g.signal(sig);
+        }
+    }
+
+    /// Put `value` at `/service/<scope>/<key>` with etcdctl (what an operator or another
+    /// tool would do).
+    pub fn dcs_put(&self, key: &str, value: &str) {
+        let ok = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.etcd.endpoint(),
+                "put",
+                &format!("/service/{}/{key}", self.scope),
+                value,
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("etcdctl");
+        assert!(ok.success(), "etcdctl put {key} failed");
+    }
+
+    /// Edit node `i`'s YAML file in place.
+    pub fn edit_config(&self, i: usize, edit: impl FnOnce(&mut serde_yaml_ng::Value)) {
+        let path = &self.nodes[i].config;
+        let mut v: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(path, serde_yaml_ng::to_string(&v).unwrap()).unwrap();
+    }
+
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
         let s = std::fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = s.lines().next()?.trim().parse().ok()?;
@@ -226,7 +259,8 @@ fn tail(s: &str, n: usize) -> String {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // PATRONI_TEST_LOGS=1 shows the daemon logs of passing scenarios too.
+        if std::thread::panicking() || std::env::var_os("PATRONI_TEST_LOGS").is_some() {
             self.dump_logs();
         }
         for i in 0..self.nodes.len() {
