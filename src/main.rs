@@ -122,6 +122,8 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
         status: rx,
         dcs: Some(dcs.clone()),
         wake: runtime.wake.clone(),
+        commands: Some(runtime.command_sender()),
+        reloader: Some(runtime.reloader(path.clone())),
     };
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await

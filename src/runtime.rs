@@ -26,6 +26,8 @@ pub struct Runtime {
     /// New local configurations from SIGHUP / POST /reload (see `reload.rs`).
     config_tx: Arc<watch::Sender<Arc<Config>>>,
     config_rx: watch::Receiver<Arc<Config>>,
+    commands_tx: crate::command::CommandSender,
+    commands_rx: crate::command::CommandReceiver,
     started: Instant,
     http: reqwest::Client,
 }
@@ -41,7 +43,10 @@ impl Runtime {
         let executor = Executor::new(dcs.clone(), pg.clone(), local.clone(), wake.clone());
         let dynamic = crate::config::dynamic::DynamicConfig::from_map(&local.bootstrap.dcs).0;
         let (config_tx, config_rx) = watch::channel(local.clone());
+        let (commands_tx, commands_rx) = crate::command::channel();
         Runtime {
+            commands_tx,
+            commands_rx,
             config_tx: Arc::new(config_tx),
             config_rx,
             local,
@@ -58,6 +63,11 @@ impl Runtime {
                 .build()
                 .expect("http client"),
         }
+    }
+
+    /// Where the REST API sends restart / reinitialize requests.
+    pub fn command_sender(&self) -> crate::command::CommandSender {
+        self.commands_tx.clone()
     }
 
     /// A handle that re-reads the configuration file `path` and hands it to this loop.

@@ -182,6 +182,8 @@ fn state_of(st: NodeStatus) -> ApiState {
         status: rx,
         dcs: None,
         wake: Arc::new(Notify::new()),
+        commands: None,
+        reloader: None,
     }
 }
 
@@ -717,6 +719,8 @@ async fn router_sees_newly_published_status() {
         status: rx,
         dcs: None,
         wake: Arc::new(Notify::new()),
+        commands: None,
+        reloader: None,
     });
     let req = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
     let r = app.clone().oneshot(req("/primary")).await.unwrap();

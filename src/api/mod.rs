@@ -36,6 +36,10 @@ pub struct ApiState {
     pub dcs: Option<Arc<dyn crate::dcs::Dcs>>,
     /// Wakes the HA loop early after a write endpoint changed something.
     pub wake: Arc<Notify>,
+    /// Restart / reinitialize requests for the HA loop (see `command.rs`).
+    pub commands: Option<crate::command::CommandSender>,
+    /// POST /reload: re-read the local configuration file.
+    pub reloader: Option<crate::reload::ConfigReloader>,
 }
 
 /// Handler state: the caller's `ApiState` plus when this router was built (stands in for
