@@ -70,6 +70,12 @@ impl Runtime {
         self.commands_tx.clone()
     }
 
+    /// The local configuration as last re-read (SIGHUP / POST /reload), e.g. for the API's
+    /// authentication settings.
+    pub fn config_watch(&self) -> watch::Receiver<Arc<Config>> {
+        self.config_rx.clone()
+    }
+
     /// A handle that re-reads the configuration file `path` and hands it to this loop.
     pub fn reloader(&self, path: Option<std::path::PathBuf>) -> crate::reload::ConfigReloader {
         crate::reload::ConfigReloader::new(path, self.config_tx.clone(), self.wake.clone())
