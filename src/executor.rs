@@ -24,6 +24,8 @@ pub struct Outcome {
 #[derive(Default)]
 struct Slot {
     running: Option<Job>,
+    /// The running job's task, so `cancel_job` can stop it (its child processes die with it).
+    task: Option<tokio::task::AbortHandle>,
     finished: Option<(Job, JobOutcome)>,
 }
 
@@ -142,6 +144,11 @@ impl Executor {
                 out.has_lock = false;
                 None
             }
+            Action::GracefulDemote => {
+                self.graceful_demote().await;
+                out.has_lock = false;
+                None
+            }
             Action::RaceInitialize { won, lost } => {
                 let ok = log_dcs("race for initialize", self.dcs.initialize(true, "").await);
                 Some(if ok { won.clone() } else { lost.clone() })
@@ -190,10 +197,14 @@ impl Executor {
                 match self.pg.promote(self.stop_timeout()).await {
                     // As upstream: checkpoint right after promotion so a former primary can
                     // pg_rewind from us at once (pg_rewind needs the new timeline in pg_control).
+                    // In the background: clients may write while it runs.
                     Ok(()) => {
-                        if let Err(e) = self.pg.checkpoint().await {
-                            warn!("checkpoint after promote failed: {e}");
-                        }
+                        let pg = self.pg.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = pg.checkpoint().await {
+                                warn!("checkpoint after promote failed: {e}");
+                            }
+                        });
                     }
                     Err(e) => warn!("promote failed: {e}"),
                 }
@@ -237,6 +248,34 @@ impl Executor {
                 None
             }
         }
+    }
+
+    /// Fast shutdown, then release the leader key with the shutdown checkpoint as the last
+    /// optime so the candidate knows how far it must have received before promoting.
+    async fn graceful_demote(&self) {
+        if let Err(e) = self
+            .pg
+            .stop(crate::postgres::StopMode::Fast, self.stop_timeout())
+            .await
+        {
+            warn!("fast shutdown for the switchover failed ({e}); stopping immediately");
+            let _ = self
+                .pg
+                .stop(crate::postgres::StopMode::Immediate, self.stop_timeout())
+                .await;
+        }
+        let optime = match self.pg.observe().await.data_dir {
+            crate::postgres::types::DataDirState::Initialized(c) => Some(c.checkpoint_lsn),
+            _ => None,
+        };
+        let status = Status {
+            optime,
+            ..Default::default()
+        };
+        log_dcs(
+            "release leader lock after demote",
+            self.dcs.delete_leader(Some(&status)).await,
+        );
     }
 
     fn stop_timeout(&self) -> Duration {
@@ -293,12 +332,31 @@ impl Executor {
         );
     }
 
-    fn start_job(&self, job: Job) {
+    /// The job running right now, if any.
+    pub fn running_job(&self) -> Option<Job> {
+        self.slot.lock().expect("job slot").running.clone()
+    }
+
+    /// Stop the running job, if any (POST /reinitialize with force). Returns what it was.
+    pub fn cancel_job(&self) -> Option<Job> {
+        let mut s = self.slot.lock().expect("job slot");
+        if let Some(t) = s.task.take() {
+            t.abort();
+        }
+        let job = s.running.take();
+        if let Some(j) = &job {
+            warn!("cancelled {}", j.describe());
+        }
+        job
+    }
+
+    /// Start a background job unless one is running (false then).
+    pub fn start_job(&self, job: Job) -> bool {
         {
             let mut s = self.slot.lock().expect("job slot");
             if s.running.is_some() {
                 warn!("a job is already running; not starting {}", job.describe());
-                return;
+                return false;
             }
             s.running = Some(job.clone());
         }
@@ -309,7 +367,9 @@ impl Executor {
             self.slot.clone(),
             self.wake.clone(),
         );
-        tokio::spawn(async move {
+        let task_slot = slot.clone();
+        let mut s = task_slot.lock().expect("job slot");
+        let task = tokio::spawn(async move {
             let outcome = run_job(&pg, &local, &job).await;
             match &outcome {
                 JobOutcome::Failed(e) => warn!("{} failed: {e}", job.describe()),
@@ -317,10 +377,13 @@ impl Executor {
             }
             let mut s = slot.lock().expect("job slot");
             s.running = None;
+            s.task = None;
             s.finished = Some((job, outcome));
             drop(s);
             wake.notify_one();
         });
+        s.task = Some(task.abort_handle());
+        true
     }
 }
 
@@ -356,11 +419,33 @@ async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),
+        Job::Restart { role } => pg
+            .restart(role, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Job::Reinitialize { from } => reinitialize(pg, from, timeout).await,
     };
     match r {
         Ok(()) => JobOutcome::Ok,
         Err(e) => JobOutcome::Failed(e),
     }
+}
+
+/// Stop, wipe, clone from `from`, start as its standby (the next cycle re-points it if the
+/// leader changed meanwhile).
+async fn reinitialize(
+    pg: &Postgres,
+    from: &crate::postgres::UpstreamConn,
+    timeout: Duration,
+) -> Result<(), String> {
+    if pg.postmaster_pid().is_some() {
+        pg.stop(crate::postgres::StopMode::Immediate, timeout)
+            .await
+            .map_err(|e| format!("stopping PostgreSQL: {e}"))?;
+    }
+    pg.remove_data_dir().await.map_err(|e| e.to_string())?;
+    pg.basebackup(from).await.map_err(|e| e.to_string())
 }
 
 async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(), String> {

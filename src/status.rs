@@ -30,6 +30,9 @@ pub struct NodeStatus {
     /// Last cluster snapshot, for /cluster, /history, /config.
     pub cluster: Option<Arc<Cluster>>,
     pub pending_restart: bool,
+    /// A restart scheduled with POST /restart {"schedule": ...}: upstream's
+    /// `scheduled_restart` object ({"schedule": ISO time, "postgres_version"?: ...}).
+    pub scheduled_restart: Option<Value>,
     pub pending_restart_reason: Map<String, Value>,
     pub watchdog_failed: bool,
     /// True once the first cycle completed (readiness).

@@ -348,3 +348,65 @@ fn sighup_and_dynamic_config_reach_postgres() {
         assert_eq!(show(i, "max_connections").as_deref(), Some("50"));
     }
 }
+
+#[test]
+fn switchover_via_failover_key_loses_no_write_and_needs_no_rewind() {
+    let _s = serial();
+    let c = healthy_cluster();
+    eventually(Duration::from_secs(30), "table", || {
+        psql(c.ha_primary_port, "CREATE TABLE t (id int primary key)").ok()
+    });
+    let old = c.primary().unwrap();
+    let cand = (0..3).find(|&i| i != old).unwrap();
+    let writer = support::cluster::Writer::start(c.ha_primary_port, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    // What POST /switchover writes (upstream's JSON).
+    c.dcs_put(
+        "failover",
+        &serde_json::json!({"leader": c.nodes[old].name, "member": c.nodes[cand].name}).to_string(),
+    );
+    eventually(Duration::from_secs(30), "candidate is primary", || {
+        (c.primary() == Some(cand)).then_some(())
+    });
+    eventually(
+        Duration::from_secs(30),
+        "writes through HAProxy again",
+        || write_through_haproxy(&c, 1_000_000).ok(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let acks = writer.finish();
+    let pause = support::cluster::longest_gap(&acks);
+    eprintln!(
+        "FIGURE switchover_write_pause_s={:.2} acked={}",
+        pause.as_secs_f64(),
+        acks.len()
+    );
+    // Every acknowledged write is on the new primary.
+    let present: std::collections::HashSet<i64> = psql(c.nodes[cand].pg_port, "SELECT id FROM t")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost: Vec<i64> = acks
+        .iter()
+        .map(|a| a.0)
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+    // The former primary follows the new one without pg_rewind; the key is cleared.
+    eventually(Duration::from_secs(60), "former primary streams", || {
+        c.is_streaming(old).then_some(())
+    });
+    assert!(
+        !c.log_of(old).contains("running pg_rewind"),
+        "a clean switchover must not need pg_rewind"
+    );
+    let cl = support::cluster::http_get_json(c.nodes[cand].api_port, "/cluster")
+        .unwrap()
+        .1;
+    assert!(cl.get("scheduled_switchover").is_none(), "{cl}");
+    let hist = support::cluster::http_get_json(c.nodes[cand].api_port, "/history")
+        .unwrap()
+        .1;
+    assert_eq!(hist.as_array().map(|h| h.len()), Some(1), "{hist}");
+}

@@ -15,6 +15,9 @@ pub enum Action {
     UpdateLock { held: Branch, lost: Branch },
     /// Delete our leader key (only if still ours).
     ReleaseLock,
+    /// Switchover: fast shutdown (shutdown checkpoint, WAL shipped to standbys), then delete
+    /// our leader key with the checkpoint position as the last optime.
+    GracefulDemote,
     /// Race for `initialize` (create if absent).
     RaceInitialize { won: Branch, lost: Branch },
     /// Store the system identifier in `initialize`.
@@ -81,4 +84,7 @@ pub struct Decision {
     pub state: PgState,
     /// Whether to write our member key this cycle.
     pub touch_member: bool,
+    /// Run the next cycle after this many ms instead of loop_wait (waiting for something
+    /// that happens in well under a loop).
+    pub recheck_ms: Option<u64>,
 }

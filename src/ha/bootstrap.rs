@@ -122,17 +122,19 @@ pub(super) fn job_finished(
                 PgState::InitdbFailed,
             ))
         }
-        (Job::Basebackup { from }, JobOutcome::Failed(e)) => Some(decision(
-            obs,
-            format!(
-                "failed to create a replica from '{}' ({e}); will retry",
-                from.member
-            ),
-            vec![Action::RemoveDataDir],
-            Role::Uninitialized,
-            PgState::Stopped,
-        )),
-        (Job::Basebackup { from }, _) => {
+        (Job::Basebackup { from } | Job::Reinitialize { from }, JobOutcome::Failed(e)) => {
+            Some(decision(
+                obs,
+                format!(
+                    "failed to create a replica from '{}' ({e}); will retry",
+                    from.member
+                ),
+                vec![Action::RemoveDataDir],
+                Role::Uninitialized,
+                PgState::Stopped,
+            ))
+        }
+        (Job::Basebackup { from } | Job::Reinitialize { from }, _) => {
             mem.reset_rewind_state();
             let role = ConfigRole::Standby {
                 upstream: Some(from.clone()),

@@ -1,21 +1,44 @@
 //! Nobody holds the leader key: race for it if we are the healthiest member.
 
-use super::{Action, Branch, Decision, Memory, Observation, decision, leader};
+use super::{Action, Branch, Decision, Memory, Observation, decision, leader, switchover};
 use crate::dcs::{Cluster, PgState, Role};
 use crate::postgres::types::StopMode;
 
 /// The runtime asks peers for their /patroni only when an election is on.
+/// Also the leader, when a switchover asks it to check its candidate.
 pub fn needs_peers(obs: &Observation) -> bool {
-    matches!(&obs.dcs, super::DcsView::Ok(c) if c.is_unlocked())
-        && obs.pg.is_healthy()
-        && !obs.config.nofailover()
-        && matches!(obs.job, super::JobState::Idle)
+    let super::DcsView::Ok(c) = &obs.dcs else {
+        return false;
+    };
+    if !obs.pg.is_healthy() || !matches!(obs.job, super::JobState::Idle) {
+        return false;
+    }
+    let leading = c.leader_name() == Some(obs.config.name.as_str());
+    (c.is_unlocked() && !obs.config.nofailover()) || (leading && switchover::pending(c).is_some())
 }
 
 pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
     let sql = obs.pg.sql.as_ref().expect("healthy");
     let me = obs.config.name.as_str();
-    if let Err(why) = is_healthiest(obs, cluster) {
+    if obs.config.paused && sql.in_recovery {
+        // Paused: replicas never race; a running primary may re-take the key (below).
+        return decision(
+            obs,
+            format!("PAUSE: no action. I am ({me}), a secondary, and the cluster has no leader"),
+            vec![],
+            Role::Replica,
+            PgState::Running,
+        );
+    }
+    let failover = switchover::pending(cluster);
+    let manual = failover.and_then(|f| switchover::no_leader_step(obs, f));
+    let verdict = match &manual {
+        // Paused: a running primary re-takes the key; nobody demotes.
+        _ if obs.config.paused => Ok(()),
+        Some(v) => v.clone(),
+        None => is_healthiest(obs, cluster, failover.and_then(|f| f.leader.as_deref())),
+    };
+    if let Err(why) = verdict {
         if !sql.in_recovery {
             // A primary without the lock that may not lead must stop accepting writes.
             return decision(
@@ -36,6 +59,24 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
             PgState::Running,
         );
     }
+    // A switchover candidate promotes only with the former leader's last WAL in hand, so
+    // the former primary can follow without pg_rewind.
+    let switchover_candidate = failover.is_some_and(|f| f.leader.is_some()) && sql.in_recovery;
+    if switchover_candidate && !switchover::caught_up(obs, cluster) {
+        let since = *mem.catch_up_since_ms.get_or_insert(obs.now_ms);
+        if obs.now_ms.saturating_sub(since) < switchover::CATCH_UP_BUDGET_MS {
+            let mut d = decision(
+                obs,
+                "switchover candidate: waiting to receive the former leader's last WAL".into(),
+                vec![],
+                Role::Replica,
+                PgState::Running,
+            );
+            d.recheck_ms = Some(50);
+            return d;
+        }
+    }
+    mem.catch_up_since_ms = None;
     let (won_msg, mut won_actions) = if sql.in_recovery {
         mem.divergence = None;
         (
@@ -71,8 +112,13 @@ fn current_replica_role(sql: &crate::postgres::types::SqlObservation) -> Role {
     }
 }
 
-/// Upstream's `_is_healthiest_node`: may we take over? `Err(reason)` if not.
-pub(super) fn is_healthiest(obs: &Observation, cluster: &Cluster) -> Result<(), String> {
+/// Upstream's `_is_healthiest_node`: may we take over? `Err(reason)` if not. `former`
+/// (the leader that handed over in a switchover) is left out of the comparison.
+pub(super) fn is_healthiest(
+    obs: &Observation,
+    cluster: &Cluster,
+    former: Option<&str>,
+) -> Result<(), String> {
     let cfg = &obs.config;
     if cfg.nofailover() {
         return Err("tagged nofailover".into());
@@ -94,7 +140,7 @@ pub(super) fn is_healthiest(obs: &Observation, cluster: &Cluster) -> Result<(), 
     }
     for peer in &obs.peers {
         let Some(r) = &peer.reply else { continue };
-        if peer.name == cfg.name {
+        if peer.name == cfg.name || Some(peer.name.as_str()) == former {
             continue;
         }
         if r.is_primary {

@@ -1,5 +1,6 @@
 //! We hold the leader key and PostgreSQL accepts connections.
 
+use super::switchover::{self, LeaderStep};
 use super::{Action, Branch, Decision, Memory, Observation, decision, slots};
 use crate::dcs::{Cluster, PgState, Role};
 use crate::postgres::types::StopMode;
@@ -7,6 +8,19 @@ use crate::postgres::types::StopMode;
 pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
     let me = obs.config.name.as_str();
     let sql = obs.pg.sql.as_ref().expect("healthy");
+    let step = switchover::pending(cluster)
+        .filter(|_| !sql.in_recovery)
+        .map(|f| (f.version, switchover::leader_step(obs, cluster, f)));
+    if let Some((_, LeaderStep::Demote(msg))) = &step {
+        mem.demoted_for_switchover_ms = Some(obs.now_ms);
+        return decision(
+            obs,
+            msg.clone(),
+            vec![Action::GracefulDemote],
+            Role::Demoted,
+            PgState::Stopping,
+        );
+    }
     let mut held_actions = vec![];
     let held_msg = if sql.in_recovery {
         held_actions.push(Action::Promote);
@@ -15,17 +29,32 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     } else {
         format!("no action. I am ({me}), the leader with the lock")
     };
+    let held_msg = match &step {
+        Some((_, LeaderStep::Wait(m))) => format!("{held_msg}; {m}"),
+        Some((version, LeaderStep::Clear(m))) => {
+            held_actions.push(Action::ClearFailover { version: *version });
+            format!("{held_msg}; {m}")
+        }
+        _ => held_msg,
+    };
     if !sql.in_recovery {
         held_actions.extend(primary_housekeeping(obs, cluster));
     }
     let held = Branch::new(held_msg, held_actions).with_role(Role::Primary);
-    let lost = Branch::new(
-        "demoting self because failed to update leader lock in DCS",
-        vec![Action::Stop {
-            mode: StopMode::Immediate,
-        }],
-    )
-    .with_role(Role::Demoted);
+    let lost = if obs.config.paused {
+        Branch::new(
+            "PAUSE: continue to run as primary after failing to update leader lock in DCS",
+            vec![],
+        )
+    } else {
+        Branch::new(
+            "demoting self because failed to update leader lock in DCS",
+            vec![Action::Stop {
+                mode: StopMode::Immediate,
+            }],
+        )
+        .with_role(Role::Demoted)
+    };
     decision(
         obs,
         String::new(),
@@ -56,12 +85,6 @@ pub(super) fn primary_housekeeping(obs: &Observation, cluster: &Cluster) -> Vec<
     }
     if obs.config.use_slots {
         out.extend(slots::slot_actions(&obs.config.name, cluster, sql));
-    }
-    if let Some(f) = &cluster.failover
-        && f.scheduled_at.is_none()
-        && f.member.as_deref() == Some(obs.config.name.as_str())
-    {
-        out.push(Action::ClearFailover { version: f.version });
     }
     out
 }

@@ -17,6 +17,11 @@ pub struct Memory {
     /// When PostgreSQL was last seen running without accepting connections (ms), to bound
     /// how long a crashed primary may take to come back.
     pub unhealthy_since_ms: Option<u64>,
+    /// Switchover candidate: since when we wait for the former leader's last WAL.
+    pub catch_up_since_ms: Option<u64>,
+    /// We demoted for a switchover at this time: wait for the new leader instead of
+    /// starting on our own.
+    pub demoted_for_switchover_ms: Option<u64>,
 }
 
 impl Memory {

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod observation;
 mod replica;
 pub mod slots;
+pub mod switchover;
 
 pub use action::{Action, Branch, Decision};
 pub use election::needs_peers;
@@ -80,6 +81,17 @@ fn dcs_unreachable(obs: &Observation, mem: &mut Memory, err: &str) -> Decision {
     let running_primary = obs.pg.sql.as_ref().is_some_and(|s| !s.in_recovery);
     let was_leader = mem.has_lock;
     mem.has_lock = false;
+    if obs.config.paused {
+        let mut d = decision(
+            obs,
+            format!("PAUSE: DCS is not accessible ({err}); not demoting while paused"),
+            vec![],
+            current_role(&obs.pg, mem),
+            observed_state(obs),
+        );
+        d.touch_member = false;
+        return d;
+    }
     if running_primary || (was_leader && obs.pg.is_running()) {
         let mut d = decision(
             obs,
@@ -111,9 +123,13 @@ fn job_running(obs: &Observation, job: &Job, i_am_leader: bool) -> Decision {
         Job::Basebackup { .. } => PgState::CreatingReplica,
         Job::Rewind { .. } | Job::CheckDivergence { .. } => PgState::Rewinding,
         Job::Start { .. } => PgState::Starting,
+        Job::Restart { .. } => PgState::Restarting,
+        Job::Reinitialize { .. } => PgState::CreatingReplica,
     };
     let role = match (job, i_am_leader) {
-        (Job::Bootstrap, _) | (Job::Basebackup { .. }, _) => Role::Uninitialized,
+        (Job::Bootstrap, _) | (Job::Basebackup { .. }, _) | (Job::Reinitialize { .. }, _) => {
+            Role::Uninitialized
+        }
         (_, true) => Role::Primary,
         _ => Role::Replica,
     };
@@ -142,13 +158,15 @@ fn not_accepting_connections(obs: &Observation, mem: &mut Memory, i_am_leader: b
         obs.pg.sql_error.as_deref().unwrap_or("starting")
     );
     if i_am_leader {
-        let lost = Branch::new(
-            "lost the leader lock while PostgreSQL was starting",
+        let stop = if obs.config.paused {
+            vec![]
+        } else {
             vec![Action::Stop {
                 mode: StopMode::Immediate,
-            }],
-        )
-        .with_role(Role::Demoted);
+            }]
+        };
+        let lost = Branch::new("lost the leader lock while PostgreSQL was starting", stop)
+            .with_role(Role::Demoted);
         let held = Branch::new(msg, vec![]);
         return decision(
             obs,
@@ -180,6 +198,7 @@ pub(crate) fn decision(
         role,
         state,
         touch_member: true,
+        recheck_ms: None,
     }
 }
 

@@ -18,6 +18,9 @@ pub struct HaConfig {
     pub remove_data_directory_on_rewind_failure: bool,
     pub remove_data_directory_on_diverged_timelines: bool,
     pub tags: Map<String, Value>,
+    /// Maintenance mode (`pause: true` in the dynamic config): no automatic start, stop,
+    /// promote or demote.
+    pub paused: bool,
 }
 
 impl HaConfig {
@@ -55,6 +58,12 @@ pub enum Job {
     Start {
         role: crate::postgres::types::ConfigRole,
     },
+    /// POST /restart: fast stop and start again in the same role.
+    Restart {
+        role: crate::postgres::types::ConfigRole,
+    },
+    /// POST /reinitialize: stop, wipe the data directory, clone again from `from`, start.
+    Reinitialize { from: UpstreamConn },
 }
 
 impl Job {
@@ -65,6 +74,8 @@ impl Job {
             Job::CheckDivergence { .. } => "timeline divergence check",
             Job::Rewind { .. } => "pg_rewind",
             Job::Start { .. } => "PostgreSQL start",
+            Job::Restart { .. } => "restart",
+            Job::Reinitialize { .. } => "reinitialize",
         }
     }
 }
@@ -115,6 +126,8 @@ pub struct PeerReply {
 pub struct Observation {
     /// Milliseconds on a monotonic clock (only differences matter).
     pub now_ms: u64,
+    /// Wall clock, Unix milliseconds (for scheduled switchovers and restarts).
+    pub wall_ms: i64,
     pub config: HaConfig,
     pub dcs: DcsView,
     pub pg: PgObservation,

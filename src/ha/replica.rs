@@ -13,6 +13,27 @@ pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory
         DataDirState::Initialized(c) => c.clone(),
         _ => ControlData::default(),
     };
+    if obs.config.paused {
+        return paused_not_running(obs, cluster);
+    }
+    if cluster.leader_name().is_some() {
+        mem.demoted_for_switchover_ms = None;
+    } else if let Some(at) = mem.demoted_for_switchover_ms {
+        // We handed over: the candidate is about to take the key; starting now on our own
+        // would only race it.
+        if obs.now_ms.saturating_sub(at) < obs.config.ttl * 1000 {
+            let mut d = decision(
+                obs,
+                "demoted for a switchover; waiting for the new leader".into(),
+                vec![],
+                Role::Replica,
+                PgState::Stopped,
+            );
+            d.recheck_ms = Some(200);
+            return d;
+        }
+        mem.demoted_for_switchover_ms = None;
+    }
     match cluster.leader_name() {
         Some(leader) if leader == me => {
             // The lock holds: restart in place, no failover (a crashed postmaster).
@@ -54,6 +75,35 @@ pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory
             None,
             "starting as a secondary (the cluster has no leader)".into(),
         ),
+    }
+}
+
+/// Paused: PostgreSQL is not started automatically; a leader without a running server
+/// gives up the key (as upstream) so an operator-started node can take it.
+fn paused_not_running(obs: &Observation, cluster: &Cluster) -> Decision {
+    let me = obs.config.name.as_str();
+    if cluster.leader_name() == Some(me) {
+        return decision(
+            obs,
+            "PAUSE: removed leader lock because postgres is not running".into(),
+            vec![Action::ReleaseLock],
+            Role::Replica,
+            PgState::Stopped,
+        );
+    }
+    decision(
+        obs,
+        "PAUSE: postgres is not running".into(),
+        vec![],
+        obs_role(obs),
+        PgState::Stopped,
+    )
+}
+
+fn obs_role(obs: &Observation) -> Role {
+    match &obs.pg.data_dir {
+        DataDirState::Empty => Role::Uninitialized,
+        _ => Role::Replica,
     }
 }
 
@@ -169,6 +219,25 @@ pub(super) fn follow_leader(obs: &Observation, cluster: &Cluster, mem: &mut Memo
     let me = obs.config.name.as_str();
     let leader = cluster.leader_name().unwrap_or_default().to_string();
     let sql = obs.pg.sql.as_ref().expect("healthy");
+    if obs.config.paused {
+        let what = if sql.in_recovery {
+            "a secondary"
+        } else {
+            "a primary without the leader lock"
+        };
+        let role = if sql.in_recovery {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
+        return decision(
+            obs,
+            format!("PAUSE: no action. I am ({me}), {what} (leader is '{leader}')"),
+            vec![],
+            role,
+            PgState::Running,
+        );
+    }
     if !sql.in_recovery {
         // Two primaries must never both accept writes: stop now, rejoin next cycle.
         mem.divergence = None;

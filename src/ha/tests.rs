@@ -19,6 +19,7 @@ fn cfg() -> HaConfig {
         remove_data_directory_on_rewind_failure: false,
         remove_data_directory_on_diverged_timelines: false,
         tags: Default::default(),
+        paused: false,
     }
 }
 
@@ -104,6 +105,8 @@ fn stopped_pg(state: &str) -> PgObservation {
 fn obs(c: Cluster, pg: PgObservation) -> Observation {
     Observation {
         now_ms: 1_000,
+        // 2026-11-24T12:00:00Z
+        wall_ms: 1_795_521_600_000,
         config: cfg(),
         dcs: DcsView::Ok(Arc::new(c)),
         pg,
@@ -487,4 +490,262 @@ fn failover_key_for_me_is_cleared_after_winning() {
         panic!()
     };
     assert!(won.actions.contains(&Action::ClearFailover { version: 9 }));
+}
+
+// ---- switchover / failover (the `failover` key) ----
+
+fn with_failover(
+    mut c: Cluster,
+    leader: Option<&str>,
+    member: Option<&str>,
+    at: Option<&str>,
+) -> Cluster {
+    c.failover = Some(Failover {
+        leader: leader.map(Into::into),
+        member: member.map(Into::into),
+        scheduled_at: at.map(Into::into),
+        version: 7,
+    });
+    c
+}
+
+fn held_actions(d: &Decision) -> (&Branch, &Branch) {
+    match only(d) {
+        Action::UpdateLock { held, lost } => (held, lost),
+        a => panic!("expected UpdateLock, got {a:?}"),
+    }
+}
+
+#[test]
+fn leader_demotes_gracefully_for_a_healthy_candidate() {
+    let c = with_failover(cluster(Some("pg0")), Some("pg0"), Some("pg1"), None);
+    let mut o = obs(c, primary_pg(100));
+    o.peers = vec![peer("pg1", 100, false), peer("pg2", 100, false)];
+    assert!(needs_peers(&o), "the leader must check its candidate");
+    let mut mem = Memory::default();
+    let d = decide(&o, &mut mem);
+    assert_eq!(d.actions, vec![Action::GracefulDemote]);
+    assert_eq!(
+        d.role,
+        Role::Demoted,
+        "HAProxy must see 503 before the stop"
+    );
+    assert_eq!(mem.demoted_for_switchover_ms, Some(1_000));
+}
+
+#[test]
+fn leader_clears_impossible_or_stale_requests_and_keeps_leading() {
+    let cases = [
+        // candidate did not answer
+        (
+            with_failover(cluster(Some("pg0")), Some("pg0"), Some("pg1"), None),
+            vec![peer("pg2", 1, false)],
+        ),
+        // candidate is not a member
+        (
+            with_failover(cluster(Some("pg0")), Some("pg0"), Some("ghost"), None),
+            vec![peer("pg1", 1, false)],
+        ),
+        // request names another leader
+        (
+            with_failover(cluster(Some("pg0")), Some("pg2"), Some("pg1"), None),
+            vec![peer("pg1", 1, false)],
+        ),
+        // candidate is me
+        (
+            with_failover(cluster(Some("pg0")), None, Some("pg0"), None),
+            vec![],
+        ),
+        // scheduled time long past
+        (
+            with_failover(
+                cluster(Some("pg0")),
+                Some("pg0"),
+                Some("pg1"),
+                Some("2026-11-24T11:00:00+00:00"),
+            ),
+            vec![peer("pg1", 1, false)],
+        ),
+        // unparseable time
+        (
+            with_failover(
+                cluster(Some("pg0")),
+                Some("pg0"),
+                Some("pg1"),
+                Some("tomorrow"),
+            ),
+            vec![peer("pg1", 1, false)],
+        ),
+    ];
+    for (c, peers) in cases {
+        let mut o = obs(c, primary_pg(100));
+        o.peers = peers;
+        let d = run(&o);
+        let (held, lost) = held_actions(&d);
+        assert!(
+            held.actions.contains(&Action::ClearFailover { version: 7 }),
+            "{d:#?}"
+        );
+        assert_eq!(held.role, Some(Role::Primary));
+        assert!(
+            lost.actions
+                .iter()
+                .any(|a| matches!(a, Action::Stop { .. }))
+        );
+    }
+}
+
+#[test]
+fn scheduled_switchover_waits_then_fires() {
+    let later = with_failover(
+        cluster(Some("pg0")),
+        Some("pg0"),
+        Some("pg1"),
+        Some("2026-11-24T12:05:00+00:00"),
+    );
+    let mut o = obs(later, primary_pg(100));
+    o.peers = vec![peer("pg1", 100, false)];
+    let d = run(&o);
+    let (held, _) = held_actions(&d);
+    assert!(
+        !held
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::ClearFailover { .. }))
+    );
+    assert!(
+        held.message.contains("awaiting switchover"),
+        "{}",
+        held.message
+    );
+    // Within loop_wait of the time (or just after it): demote.
+    o.wall_ms = 1_795_521_600_000 + 5 * 60 * 1000 - 3_000;
+    assert_eq!(run(&o).actions, vec![Action::GracefulDemote]);
+    o.wall_ms += 8_000;
+    assert_eq!(run(&o).actions, vec![Action::GracefulDemote]);
+}
+
+#[test]
+fn switchover_candidate_waits_for_the_last_wal_then_takes_over() {
+    let mut c = with_failover(cluster(None), Some("pg0"), Some("pg1"), None);
+    c.status.optime = Some(1_000);
+    let mut o = obs(c, replica_pg(1_000, Some(5432)));
+    o.config.name = "pg1".into();
+    o.peers = vec![peer("pg0", 1_200, false), peer("pg2", 1_000, false)];
+    let sql = o.pg.sql.as_mut().unwrap();
+    sql.receive_lsn = Some(1_000);
+    let mut mem = Memory::default();
+    let d = decide(&o, &mut mem);
+    assert!(d.actions.is_empty(), "{d:#?}");
+    assert_eq!(d.recheck_ms, Some(50));
+    // The shutdown checkpoint arrived: race (the former leader's higher WAL is ignored).
+    o.pg.sql.as_mut().unwrap().receive_lsn = Some(1_100);
+    o.now_ms += 100;
+    let d = decide(&o, &mut mem);
+    match only(&d) {
+        Action::AcquireLock { won, .. } => {
+            assert_eq!(won.actions[0], Action::Promote);
+            assert!(won.actions.contains(&Action::ClearFailover { version: 7 }));
+        }
+        a => panic!("{a:?}"),
+    }
+    // Never received it: promote anyway after the budget.
+    o.pg.sql.as_mut().unwrap().receive_lsn = Some(900);
+    let mut mem = Memory::default();
+    assert!(decide(&o, &mut mem).actions.is_empty());
+    o.now_ms += switchover::CATCH_UP_BUDGET_MS + 1;
+    assert!(matches!(
+        only(&decide(&o, &mut mem)),
+        Action::AcquireLock { .. }
+    ));
+}
+
+#[test]
+fn other_replicas_leave_the_race_to_a_healthy_candidate() {
+    let c = with_failover(cluster(None), Some("pg0"), Some("pg1"), None);
+    let mut o = obs(c, replica_pg(5_000, Some(5432)));
+    o.config.name = "pg2".into();
+    o.peers = vec![peer("pg0", 1_000, false), peer("pg1", 1_000, false)];
+    let d = run(&o);
+    assert!(d.actions.is_empty(), "{d:#?}");
+    // The candidate is gone: normal election among the others, former leader excluded.
+    o.peers = vec![
+        peer("pg0", 9_000, false),
+        PeerStatus {
+            name: "pg1".into(),
+            reply: None,
+        },
+    ];
+    o.pg.sql.as_mut().unwrap().receive_lsn = Some(9_999);
+    assert!(matches!(only(&run(&o)), Action::AcquireLock { .. }));
+}
+
+#[test]
+fn failover_without_leader_goes_to_the_named_candidate_even_if_lagging() {
+    let mut c = with_failover(cluster(None), None, Some("pg1"), None);
+    c.status.optime = Some(100_000_000);
+    let mut o = obs(c, replica_pg(1_000, Some(5432)));
+    o.config.name = "pg1".into();
+    o.peers = vec![peer("pg2", 5_000, false)];
+    assert!(matches!(only(&run(&o)), Action::AcquireLock { .. }));
+}
+
+#[test]
+fn demoted_node_waits_for_the_new_leader_then_checks_divergence() {
+    let mut mem = Memory {
+        demoted_for_switchover_ms: Some(900),
+        ..Default::default()
+    };
+    let o = obs(cluster(None), stopped_pg("shut down"));
+    let d = decide(&o, &mut mem);
+    assert!(d.actions.is_empty(), "{d:#?}");
+    let o = obs(cluster(Some("pg1")), stopped_pg("shut down"));
+    let d = decide(&o, &mut mem);
+    assert!(matches!(
+        only(&d),
+        Action::StartJob(Job::CheckDivergence { .. })
+    ));
+    assert_eq!(mem.demoted_for_switchover_ms, None);
+}
+
+// ---- pause ----
+
+#[test]
+fn paused_cluster_never_moves_postgres() {
+    let paused = |mut o: Observation| {
+        o.config.paused = true;
+        o
+    };
+    // Replicas do not race for a free key.
+    let d = run(&paused(obs(cluster(None), replica_pg(100, Some(5432)))));
+    assert!(
+        d.actions.is_empty() && d.message.starts_with("PAUSE"),
+        "{d:#?}"
+    );
+    // A leader that loses its key keeps running.
+    let d = run(&paused(obs(cluster(Some("pg0")), primary_pg(100))));
+    let (_, lost) = held_actions(&d);
+    assert!(lost.actions.is_empty(), "{lost:#?}");
+    // DCS outage: no demotion.
+    let mut o = paused(obs(cluster(Some("pg0")), primary_pg(100)));
+    o.dcs = DcsView::Unreachable("down".into());
+    assert!(run(&o).actions.is_empty());
+    // A stopped leader gives up the key instead of starting PostgreSQL.
+    let d = run(&paused(obs(cluster(Some("pg0")), stopped_pg("shut down"))));
+    assert_eq!(d.actions, vec![Action::ReleaseLock]);
+    // A stopped replica is not started.
+    assert!(
+        run(&paused(obs(cluster(Some("pg1")), stopped_pg("shut down"))))
+            .actions
+            .is_empty()
+    );
+    // A primary without the key takes it instead of demoting.
+    let d = run(&paused(obs(cluster(None), primary_pg(100))));
+    assert!(matches!(only(&d), Action::AcquireLock { .. }));
+    // A replica following the wrong upstream is not re-pointed.
+    let d = run(&paused(obs(
+        cluster(Some("pg2")),
+        replica_pg(100, Some(5433)),
+    )));
+    assert!(d.actions.is_empty());
 }

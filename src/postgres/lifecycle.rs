@@ -208,10 +208,22 @@ impl Postgres {
     }
 
     /// CHECKPOINT on the local server.
+    /// On its own connection, so the per-cycle observation is not queued behind it.
     pub async fn checkpoint(&self) -> Result<()> {
-        self.query_timeout("CHECKPOINT", Duration::from_secs(600))
-            .await
-            .map(|_| ())
+        let client = sql::connect(&self.settings().local_target(), "Patroni checkpoint").await?;
+        match tokio::time::timeout(
+            Duration::from_secs(600),
+            sql::simple_rows(&client, "CHECKPOINT"),
+        )
+        .await
+        {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(PgError::Timeout {
+                what: "checkpoint".into(),
+                secs: 600,
+                tail: String::new(),
+            }),
+        }
     }
 
     /// pg_basebackup from `from` into the (empty) data directory as the replication

@@ -51,6 +51,16 @@ impl Postgres {
         Ok(Reconfigured::Reloaded)
     }
 
+    /// The role the server is configured for: as last written, else as the files say.
+    pub fn config_role(&self) -> ConfigRole {
+        let remembered = self
+            .last_role
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        remembered.unwrap_or_else(|| self.role_from_files())
+    }
+
     /// The role the files on disk describe (a server we adopted at daemon start):
     /// standby.signal and the primary_conninfo host/port we wrote earlier.
     fn role_from_files(&self) -> ConfigRole {

@@ -383,3 +383,61 @@ postgresql:
         sock = dir.path().display(),
     )
 }
+
+/// A client writing one row every 50 ms through `port` (HAProxy), recording what was
+/// acknowledged and when, to measure write unavailability and lost writes.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<(i64, std::time::Instant)>>>,
+}
+
+impl Writer {
+    /// Writes into table `t (id int primary key)` (created by the caller).
+    pub fn start(port: u16, first_id: i64) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut acks = vec![];
+            let mut id = first_id;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = std::time::Instant::now();
+                match psql(port, &format!("INSERT INTO t VALUES ({id})")) {
+                    Ok(_) => acks.push((id, std::time::Instant::now())),
+                    Err(e) if std::env::var_os("PATRONI_TEST_LOGS").is_some() => eprintln!(
+                        "writer {}: id {id} failed after {:?}: {e}",
+                        chrono::Utc::now().format("%H:%M:%S%.3f"),
+                        t0.elapsed()
+                    ),
+                    Err(_) => {}
+                }
+                id += 1;
+                std::thread::sleep(Duration::from_millis(50).saturating_sub(t0.elapsed()));
+            }
+            acks
+        });
+        Writer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop and return the acknowledged (id, time) pairs in order.
+    pub fn finish(mut self) -> Vec<(i64, std::time::Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The longest gap between consecutive acknowledgements.
+pub fn longest_gap(acks: &[(i64, std::time::Instant)]) -> Duration {
+    acks.windows(2)
+        .map(|w| w[1].1.duration_since(w[0].1))
+        .max()
+        .unwrap_or_default()
+}

@@ -2,6 +2,8 @@
 //! change, a postmaster exit, a finished job or an API command; shutdown first.
 //! observe -> decide -> publish -> execute -> touch member.
 
+mod commands;
+
 use crate::config::{Config, DynamicConfig};
 use crate::dcs::{Cluster, Dcs, Role};
 use crate::executor::Executor;
@@ -27,7 +29,11 @@ pub struct Runtime {
     config_tx: Arc<watch::Sender<Arc<Config>>>,
     config_rx: watch::Receiver<Arc<Config>>,
     commands_tx: crate::command::CommandSender,
-    commands_rx: crate::command::CommandReceiver,
+    commands_rx: Option<crate::command::CommandReceiver>,
+    /// POST /restart with a schedule, waiting for its time.
+    scheduled_restart: Option<crate::command::RestartRequest>,
+    /// The API call waiting for the running restart job.
+    restart_reply: Option<tokio::sync::oneshot::Sender<crate::command::CommandReply>>,
     started: Instant,
     http: reqwest::Client,
 }
@@ -46,7 +52,9 @@ impl Runtime {
         let (commands_tx, commands_rx) = crate::command::channel();
         Runtime {
             commands_tx,
-            commands_rx,
+            commands_rx: Some(commands_rx),
+            scheduled_restart: None,
+            restart_reply: None,
             config_tx: Arc::new(config_tx),
             config_rx,
             local,
@@ -110,10 +118,13 @@ impl Runtime {
     /// Run cycles until `shutdown` resolves, then stop PostgreSQL and release the leader key.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut commands = self.commands_rx.take().expect("run is called once");
         loop {
             let cycle_start = Instant::now();
-            let (leader_version, pid) = self.cycle().await;
-            let next = cycle_start + Duration::from_secs(self.dynamic.loop_wait.max(1));
+            let (leader_version, pid, recheck_ms) = self.cycle().await;
+            let loop_wait = Duration::from_secs(self.dynamic.loop_wait.max(1));
+            let next = cycle_start
+                + recheck_ms.map_or(loop_wait, |ms| Duration::from_millis(ms).min(loop_wait));
             let wait = next.saturating_duration_since(Instant::now());
             let watch_leader = async {
                 if self.memory.has_lock {
@@ -135,6 +146,7 @@ impl Runtime {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
+                Some(cmd) = commands.recv() => self.handle_command(cmd),
                 _ = watch_leader => info!("leader key changed; running the HA cycle early"),
                 _ = postmaster_exit => warn!("the postmaster exited; running the HA cycle now"),
             }
@@ -142,8 +154,9 @@ impl Runtime {
         self.shutdown().await;
     }
 
-    /// One HA cycle. Returns the leader key version seen (for the watch) and the postmaster pid.
-    async fn cycle(&mut self) -> (Option<i64>, Option<u32>) {
+    /// One HA cycle. Returns the leader key version seen (for the watch), the postmaster pid
+    /// and, when the core asked for it, how soon to run again.
+    async fn cycle(&mut self) -> (Option<i64>, Option<u32>, Option<u64>) {
         if self.config_rx.has_changed().unwrap_or(false) {
             let new = self.config_rx.borrow_and_update().clone();
             self.adopt_local(new);
@@ -164,8 +177,10 @@ impl Runtime {
         }
         self.apply_pg_settings();
         let pg = self.pg.observe().await;
+        self.run_scheduled_restart();
         let mut obs = Observation {
             now_ms: self.started.elapsed().as_millis() as u64,
+            wall_ms: chrono::Utc::now().timestamp_millis(),
             config: self.ha_config(),
             dcs: dcs_view,
             pg,
@@ -177,9 +192,28 @@ impl Runtime {
         {
             obs.peers = fetch_peers(&self.http, c, &obs.config.name).await;
         }
+        if let ha::JobState::Finished(ha::Job::Restart { .. }, outcome) = &obs.job
+            && let Some(tx) = self.restart_reply.take()
+        {
+            let _ = tx.send(match outcome {
+                ha::JobOutcome::Failed(e) => {
+                    warn!("restart failed: {e}");
+                    crate::command::CommandReply::Refused {
+                        status: 503,
+                        message: "restart failed".into(),
+                    }
+                }
+                _ => crate::command::CommandReply::Done("restarted successfully".into()),
+            });
+        }
         let decision = ha::decide(&obs, &mut self.memory);
         self.publish(&obs, decision.role, self.memory.has_lock, &decision.message);
         let outcome = self.executor.execute(&decision, &obs).await;
+        if changes_postgres(&decision.actions) {
+            // Publish what PostgreSQL is now (a promoted primary must answer /primary at
+            // once, not a loop_wait later).
+            obs.pg = self.pg.observe().await;
+        }
         self.memory.has_lock = outcome.has_lock;
         self.memory.last_role = outcome.role;
         if decision.touch_member {
@@ -193,7 +227,7 @@ impl Runtime {
             DcsView::Ok(c) => c.leader.as_ref().map(|l| l.version),
             _ => None,
         };
-        (leader_version, obs.pg.postmaster_pid)
+        (leader_version, obs.pg.postmaster_pid, decision.recheck_ms)
     }
 
     /// Adopt the DCS `config` key (merged with local overrides) and push timing to the DCS.
@@ -247,6 +281,7 @@ impl Runtime {
             remove_data_directory_on_diverged_timelines: pgc
                 .remove_data_directory_on_diverged_timelines,
             tags: self.local.tags.clone(),
+            paused: self.dynamic.pause,
         }
     }
 
@@ -340,6 +375,7 @@ impl Runtime {
             dynamic: self.dynamic.clone(),
             cluster,
             pending_restart: !restart_reason.is_empty(),
+            scheduled_restart: self.scheduled_restart_json(),
             pending_restart_reason: restart_reason,
             watchdog_failed: false,
             loop_running: true,
@@ -380,6 +416,18 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Whether any (possibly conditional) action changes the server's role or state.
+fn changes_postgres(actions: &[ha::Action]) -> bool {
+    use ha::Action as A;
+    actions.iter().any(|a| match a {
+        A::Promote | A::Stop { .. } | A::GracefulDemote | A::Follow { .. } => true,
+        A::AcquireLock { won, lost } | A::UpdateLock { held: won, lost } => {
+            changes_postgres(&won.actions) || changes_postgres(&lost.actions)
+        }
+        _ => false,
+    })
 }
 
 /// GET /patroni of every other member, 2 s budget each, in parallel.

@@ -1,0 +1,135 @@
+//! The HA loop's side of REST commands (POST/DELETE /restart, POST /reinitialize): they run
+//! as background jobs in the executor's slot, so the loop keeps refreshing the leader key.
+
+use super::Runtime;
+use crate::command::{CommandReply, NodeCommand, ReinitRequest, RestartRequest};
+use crate::ha::{self, Job, switchover};
+use crate::postgres::types::ConfigRole;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+fn refused(status: u16, message: impl Into<String>) -> CommandReply {
+    CommandReply::Refused {
+        status,
+        message: message.into(),
+    }
+}
+
+impl Runtime {
+    pub(crate) fn handle_command(&mut self, cmd: NodeCommand) {
+        match cmd {
+            NodeCommand::Restart(req, reply) if req.schedule.is_some() => {
+                let answer = if self.scheduled_restart.is_some() {
+                    refused(409, "Another restart is already scheduled")
+                } else {
+                    info!(
+                        "restart scheduled at {}",
+                        req.schedule.unwrap().to_rfc3339()
+                    );
+                    self.scheduled_restart = Some(req);
+                    CommandReply::Accepted("Restart scheduled".into())
+                };
+                let _ = reply.send(answer);
+            }
+            NodeCommand::Restart(_, reply) => self.restart_now(Some(reply)),
+            NodeCommand::CancelScheduledRestart(reply) => {
+                let answer = match self.scheduled_restart.take() {
+                    Some(_) => CommandReply::Done("scheduled restart deleted".into()),
+                    None => refused(404, "no restart is scheduled"),
+                };
+                let _ = reply.send(answer);
+            }
+            NodeCommand::Reinitialize(req, reply) => {
+                let answer = self.reinitialize(&req);
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Start the restart job; `reply` gets the result when it finishes.
+    fn restart_now(&mut self, reply: Option<oneshot::Sender<CommandReply>>) {
+        let role = if self.memory.has_lock {
+            ConfigRole::Primary
+        } else {
+            self.pg.config_role()
+        };
+        if let Some(running) = self.executor.running_job() {
+            if let Some(tx) = reply {
+                let _ = tx.send(refused(
+                    503,
+                    format!("{} already in progress", running.describe()),
+                ));
+            }
+            return;
+        }
+        if self.executor.start_job(Job::Restart { role }) {
+            self.restart_reply = reply;
+            self.wake.notify_one();
+        } else if let Some(tx) = reply {
+            let _ = tx.send(refused(503, "another job is in progress"));
+        }
+    }
+
+    /// Fire a scheduled restart when its time comes (upstream re-checks restart_pending).
+    pub(crate) fn run_scheduled_restart(&mut self) {
+        let Some(req) = &self.scheduled_restart else {
+            return;
+        };
+        let at = req.schedule.map(|t| t.to_rfc3339());
+        let now = chrono::Utc::now().timestamp_millis();
+        match switchover::due(at.as_deref(), now, self.dynamic.loop_wait) {
+            switchover::Due::Later(_) => {}
+            switchover::Due::Stale(why) => {
+                warn!("dropping a stale scheduled restart: {why}");
+                self.scheduled_restart = None;
+            }
+            switchover::Due::Now => {
+                let req = self.scheduled_restart.take().expect("checked above");
+                if req.restart_pending && !self.status.borrow().pending_restart {
+                    info!("scheduled restart skipped: no restart is pending any more");
+                    return;
+                }
+                info!("running the scheduled restart");
+                self.restart_now(None);
+            }
+        }
+    }
+
+    fn reinitialize(&mut self, req: &ReinitRequest) -> CommandReply {
+        let cluster = self.status.borrow().cluster.clone();
+        let Some(cluster) = cluster.filter(|c| !c.is_unlocked()) else {
+            return refused(503, "Cluster has no leader, can not reinitialize");
+        };
+        let leader = cluster.leader_name().unwrap_or_default().to_string();
+        if leader == self.local.name {
+            return refused(503, "I am the leader, can not reinitialize");
+        }
+        let Some(from) = ha::upstream_of(&cluster, &leader) else {
+            return refused(
+                503,
+                format!("the leader '{leader}' has no connection address"),
+            );
+        };
+        if let Some(running) = self.executor.running_job() {
+            if !req.force {
+                return refused(503, format!("{} already in progress", running.describe()));
+            }
+            self.executor.cancel_job();
+        }
+        if !self.executor.start_job(Job::Reinitialize { from }) {
+            return refused(503, "another job is in progress");
+        }
+        self.wake.notify_one();
+        CommandReply::Done("reinitialize started".into())
+    }
+
+    /// For /patroni: upstream's `scheduled_restart` object.
+    pub(crate) fn scheduled_restart_json(&self) -> Option<serde_json::Value> {
+        let r: &RestartRequest = self.scheduled_restart.as_ref()?;
+        let mut v = serde_json::json!({ "schedule": r.schedule?.to_rfc3339() });
+        if let Some(ver) = &r.postgres_version {
+            v["postgres_version"] = ver.clone().into();
+        }
+        Some(v)
+    }
+}
