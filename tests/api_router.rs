@@ -184,6 +184,7 @@ fn state_of(st: NodeStatus) -> ApiState {
         wake: Arc::new(Notify::new()),
         commands: None,
         reloader: None,
+        config: None,
     }
 }
 
@@ -701,14 +702,27 @@ async fn metrics_in_prometheus_format() {
 #[tokio::test]
 async fn unknown_paths_and_methods() {
     let st = primary_with_lock();
-    assert_eq!(get(&st, "/nonexistent").await.status, StatusCode::NOT_FOUND);
+    // Upstream answers any other GET with a health check picked by words in the path.
+    let r = get(&st, "/nonexistent").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["role"], "primary");
     assert_eq!(
         get(&st, "/replica/extra").await.status,
-        StatusCode::NOT_FOUND
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(get(&st, "/primary/extra").await.status, StatusCode::OK);
+    assert_eq!(get(&st, "/leader-check").await.status, StatusCode::OK);
+    assert_eq!(
+        call(&st, Method::OPTIONS, "/whatever").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(
         call(&st, Method::DELETE, "/patroni").await.status,
         StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        call(&st, Method::POST, "/nonexistent").await.status,
+        StatusCode::NOT_IMPLEMENTED
     );
 }
 
@@ -721,6 +735,7 @@ async fn router_sees_newly_published_status() {
         wake: Arc::new(Notify::new()),
         commands: None,
         reloader: None,
+        config: None,
     });
     let req = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
     let r = app.clone().oneshot(req("/primary")).await.unwrap();
@@ -769,7 +784,7 @@ async fn serve_answers_real_http_and_shuts_down() {
             .unwrap()
             .status()
             .as_u16(),
-        404
+        503
     );
 
     stop_tx.send(()).unwrap();
