@@ -93,7 +93,7 @@ pub(super) fn describe_issues(issues: &[ConfigIssue]) -> String {
         .iter()
         .map(|i| {
             let p = i.path.to_ascii_lowercase();
-            if ["password", "secret", "token", "auth"]
+            if ["password", "secret", "token"]
                 .iter()
                 .any(|s| p.contains(s))
             {
