@@ -255,7 +255,7 @@ impl Call {
     }
     pub fn from(mut self, ip: &str, client_cert: bool) -> Call {
         self.client = Some(ClientInfo {
-            addr: format!("{ip}:40000").parse().unwrap(),
+            addr: std::net::SocketAddr::new(ip.parse().unwrap(), 40000),
             client_cert,
         });
         self
