@@ -31,7 +31,10 @@ async fn patch_merges_and_null_deletes() {
     assert_eq!(r.json(), want);
     let stored: Value = serde_json::from_str(&env.raw("config").unwrap()).unwrap();
     assert_eq!(stored, want);
-    assert!(woke(&env).await, "the HA loop is woken after a config change");
+    assert!(
+        woke(&env).await,
+        "the HA loop is woken after a config change"
+    );
 }
 
 #[tokio::test]
@@ -54,9 +57,15 @@ async fn patch_with_invalid_values_is_refused_and_stored_config_untouched() {
         (r#"{"ttl":"abc"}"#, "ttl"),
         (r#"{"loop_wait":40}"#, "loop_wait"),
         (r#"{"synchronous_mode":"sometimes"}"#, "synchronous_mode"),
-        (r#"{"postgresql":{"parameters":{"max_connections":"lots"}}}"#, "max_connections"),
+        (
+            r#"{"postgresql":{"parameters":{"max_connections":"lots"}}}"#,
+            "max_connections",
+        ),
     ] {
-        let r = call(Method::PATCH, "/config").body(body).send(&env.app()).await;
+        let r = call(Method::PATCH, "/config")
+            .body(body)
+            .send(&env.app())
+            .await;
         r.expect(400, mentions);
         assert!(r.text().contains("nothing was changed"), "{}", r.text());
     }
@@ -73,7 +82,11 @@ async fn malformed_bodies_get_clear_4xx() {
         (Some("\"x\"".into()), 400, "must be a JSON object"),
         (Some("{}".into()), 400, "empty JSON object"),
         (Some("".into()), 400, "empty"),
-        (Some(format!("{{\"x\":\"{}\"}}", "a".repeat(2 << 20))), 413, "larger than"),
+        (
+            Some(format!("{{\"x\":\"{}\"}}", "a".repeat(2 << 20))),
+            413,
+            "larger than",
+        ),
     ];
     for (body, code, text) in cases {
         let mut c = call(Method::PATCH, "/config");
@@ -83,8 +96,14 @@ async fn malformed_bodies_get_clear_4xx() {
         c.send(&app).await.expect(code, text);
     }
     // No body and no Content-Length at all: upstream's 411.
-    call(Method::PATCH, "/config").send(&app).await.expect(411, "Content-Length");
-    call(Method::PUT, "/config").send(&app).await.expect(411, "Content-Length");
+    call(Method::PATCH, "/config")
+        .send(&app)
+        .await
+        .expect(411, "Content-Length");
+    call(Method::PUT, "/config")
+        .send(&app)
+        .await
+        .expect(411, "Content-Length");
     assert_eq!(env.raw("config").unwrap(), CONFIG);
 }
 
@@ -114,7 +133,10 @@ async fn put_replaces_and_validates() {
         .send(&app)
         .await
         .expect(400, "ttl");
-    assert_eq!(stored, serde_json::from_str::<Value>(&env.raw("config").unwrap()).unwrap());
+    assert_eq!(
+        stored,
+        serde_json::from_str::<Value>(&env.raw("config").unwrap()).unwrap()
+    );
 }
 
 /// A DCS that lets another writer change `config` between our read and our write.
@@ -127,9 +149,10 @@ impl Dcs for RacingDcs {
     }
     async fn get_cluster(&self) -> DcsResult<Cluster> {
         let c = self.0.get_cluster().await;
-        self.0
-            .store()
-            .put_raw(&key("config"), r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"by":"someone else"}"#);
+        self.0.store().put_raw(
+            &key("config"),
+            r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"by":"someone else"}"#,
+        );
         c
     }
     async fn set_ttl(&self, ttl: Duration) {
@@ -259,12 +282,22 @@ async fn reload_rereads_the_file_or_names_the_problems() {
     write_config(dir.path(), "restapi_typo: [\n");
     let r = call(Method::POST, "/reload").send(&app).await;
     r.expect(500, "invalid YAML at line");
-    write_config(dir.path(), "postgresql_typo: 1\npostgresql:\n  pg_ctl_timeout: soon\n");
+    write_config(
+        dir.path(),
+        "postgresql_typo: 1\npostgresql:\n  pg_ctl_timeout: soon\n",
+    );
     let r = call(Method::POST, "/reload").send(&app).await;
     r.expect(500, "postgresql.pg_ctl_timeout: must be an integer");
-    assert!(r.text().contains("running configuration stays"), "{}", r.text());
+    assert!(
+        r.text().contains("running configuration stays"),
+        "{}",
+        r.text()
+    );
     assert!(!r.text().contains("topsecret") && !r.text().contains("alsosecret"));
-    assert!(!rx.has_changed().unwrap(), "an invalid file changes nothing");
+    assert!(
+        !rx.has_changed().unwrap(),
+        "an invalid file changes nothing"
+    );
 }
 
 #[tokio::test]
@@ -274,8 +307,10 @@ async fn failsafe_endpoint() {
         .send(&env.app())
         .await
         .expect(502, "failsafe");
-    env.store
-        .put_raw(&key("failsafe"), r#"{"pg0":"http://127.0.0.1:8008/patroni"}"#);
+    env.store.put_raw(
+        &key("failsafe"),
+        r#"{"pg0":"http://127.0.0.1:8008/patroni"}"#,
+    );
     let mut st = primary_status();
     st.dynamic.failsafe_mode = true;
     env.publish(st);

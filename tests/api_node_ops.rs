@@ -46,7 +46,11 @@ async fn immediate_restart_is_handed_to_the_loop() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[1].contains("timeout: Some(120s)"), "{}", seen[1]);
     assert!(seen[1].contains("role: Some(\"primary\")"), "{}", seen[1]);
-    assert!(seen[1].contains("postgres_version: Some(\"16.1\")"), "{}", seen[1]);
+    assert!(
+        seen[1].contains("postgres_version: Some(\"16.1\")"),
+        "{}",
+        seen[1]
+    );
 }
 
 #[tokio::test]
@@ -82,22 +86,74 @@ async fn restart_filters_are_validated_like_upstream() {
     let env = Env::new();
     let (app, seen) = with_loop(&env, |_| done("restarted successfully"));
     let cases: &[(&str, u16, &str)] = &[
-        (r#"{"role":"leader"}"#, 400, "PostgreSQL role should be either primary, standby_leader, or replica"),
-        (r#"{"postgres_version":"15"}"#, 400, "Invalid PostgreSQL version format: X.Y or X.Y.Z is accepted: 15"),
-        (r#"{"postgres_version":"a.b"}"#, 400, "Invalid PostgreSQL version: a.b"),
-        (r#"{"timeout":0}"#, 400, "Timeout should be a positive number of seconds"),
-        (r#"{"timeout":"later"}"#, 400, "Timeout should be a positive number of seconds"),
-        (r#"{"force":true}"#, 400, "Unknown filter for the scheduled restart: force"),
-        (r#"{"restart_pending":"maybe"}"#, 400, "restart_pending must be a boolean"),
-        (r#"{"schedule":"2001-01-01T00:00+00"}"#, 422, "Cannot schedule restart in the past"),
-        (r#"{"schedule":"2099-01-01T00:00"}"#, 400, "Timezone information is mandatory for the scheduled restart"),
-        (r#"{"schedule":42}"#, 422, "Unable to parse scheduled timestamp"),
+        (
+            r#"{"role":"leader"}"#,
+            400,
+            "PostgreSQL role should be either primary, standby_leader, or replica",
+        ),
+        (
+            r#"{"postgres_version":"15"}"#,
+            400,
+            "Invalid PostgreSQL version format: X.Y or X.Y.Z is accepted: 15",
+        ),
+        (
+            r#"{"postgres_version":"a.b"}"#,
+            400,
+            "Invalid PostgreSQL version: a.b",
+        ),
+        (
+            r#"{"timeout":0}"#,
+            400,
+            "Timeout should be a positive number of seconds",
+        ),
+        (
+            r#"{"timeout":"later"}"#,
+            400,
+            "Timeout should be a positive number of seconds",
+        ),
+        (
+            r#"{"force":true}"#,
+            400,
+            "Unknown filter for the scheduled restart: force",
+        ),
+        (
+            r#"{"restart_pending":"maybe"}"#,
+            400,
+            "restart_pending must be a boolean",
+        ),
+        (
+            r#"{"schedule":"2001-01-01T00:00+00"}"#,
+            422,
+            "Cannot schedule restart in the past",
+        ),
+        (
+            r#"{"schedule":"2099-01-01T00:00"}"#,
+            400,
+            "Timezone information is mandatory for the scheduled restart",
+        ),
+        (
+            r#"{"schedule":42}"#,
+            422,
+            "Unable to parse scheduled timestamp",
+        ),
         (r#"[1]"#, 400, "must be a JSON object"),
         // Conditions checked against the published status: pg0 is a primary on 15.4
         // without a pending restart.
-        (r#"{"role":"replica"}"#, 503, "restart conditions are not satisfied"),
-        (r#"{"postgres_version":"15.4"}"#, 503, "restart conditions are not satisfied"),
-        (r#"{"restart_pending":true}"#, 503, "restart conditions are not satisfied"),
+        (
+            r#"{"role":"replica"}"#,
+            503,
+            "restart conditions are not satisfied",
+        ),
+        (
+            r#"{"postgres_version":"15.4"}"#,
+            503,
+            "restart conditions are not satisfied",
+        ),
+        (
+            r#"{"restart_pending":true}"#,
+            503,
+            "restart conditions are not satisfied",
+        ),
     ];
     for (body, code, text) in cases {
         let r = call(Method::POST, "/restart").body(body).send(&app).await;
@@ -197,8 +253,16 @@ async fn reinitialize() {
         .expect(400, "force must be a boolean");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen[0].contains("force: true, from_leader: true"), "{}", seen[0]);
-    assert!(seen[1].contains("force: false, from_leader: false"), "{}", seen[1]);
+    assert!(
+        seen[0].contains("force: true, from_leader: true"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("force: false, from_leader: false"),
+        "{}",
+        seen[1]
+    );
 
     env.store.delete_raw(&key("leader"));
     env.publish(st);

@@ -31,7 +31,12 @@ async fn basic_auth_guards_only_unsafe_endpoints() {
     );
     for path in ["/patroni", "/primary", "/config", "/metrics", "/cluster"] {
         let r = call(Method::GET, path).send(&app).await;
-        assert_eq!(r.status.as_u16(), 200, "GET {path} stays open: {}", r.text());
+        assert_eq!(
+            r.status.as_u16(),
+            200,
+            "GET {path} stays open: {}",
+            r.text()
+        );
     }
     let r = call(Method::POST, "/restart").send(&app).await;
     r.expect(401, "no auth header received");
@@ -39,9 +44,23 @@ async fn basic_auth_guards_only_unsafe_endpoints() {
         r.headers.get("www-authenticate").unwrap(),
         "Basic realm=\"Patroni\""
     );
-    for bad in ["Basic YWRtaW46d3Jvbmc=", "Basic !!!", "Bearer s3cret", "Basic YWRtaW46czNjcmV0eA=="] {
-        for (m, p) in [(Method::POST, "/restart"), (Method::PATCH, "/config"), (Method::DELETE, "/switchover"), (Method::PUT, "/config")] {
-            let r = call(m.clone(), p).header("authorization", bad).body("{\"a\":1}").send(&app).await;
+    for bad in [
+        "Basic YWRtaW46d3Jvbmc=",
+        "Basic !!!",
+        "Bearer s3cret",
+        "Basic YWRtaW46czNjcmV0eA==",
+    ] {
+        for (m, p) in [
+            (Method::POST, "/restart"),
+            (Method::PATCH, "/config"),
+            (Method::DELETE, "/switchover"),
+            (Method::PUT, "/config"),
+        ] {
+            let r = call(m.clone(), p)
+                .header("authorization", bad)
+                .body("{\"a\":1}")
+                .send(&app)
+                .await;
             r.expect(401, "not authenticated");
             assert!(!r.text().contains("s3cret"));
         }
@@ -75,11 +94,20 @@ async fn allowlist_and_members() {
             None => c,
         }
     };
-    reload(Some("192.168.1.5")).send(&app).await.expect(403, "Access is denied");
-    reload(None).send(&app).await.expect(403, "Access is denied");
+    reload(Some("192.168.1.5"))
+        .send(&app)
+        .await
+        .expect(403, "Access is denied");
+    reload(None)
+        .send(&app)
+        .await
+        .expect(403, "Access is denied");
     for ip in ["10.2.3.4", "127.0.0.1", "192.168.7.7", "::ffff:10.9.9.9"] {
         // Allowed through the guard: the handler says it cannot reload.
-        reload(Some(ip)).send(&app).await.expect(503, "cannot reload");
+        reload(Some(ip))
+            .send(&app)
+            .await
+            .expect(503, "cannot reload");
     }
     // The allowlist comes before authentication.
     call(Method::POST, "/reload")
@@ -93,7 +121,10 @@ async fn allowlist_and_members() {
         .await
         .expect(401, "no auth header");
     // Health checks are not subject to the allowlist.
-    let r = call(Method::GET, "/primary").from("192.168.1.5", false).send(&app).await;
+    let r = call(Method::GET, "/primary")
+        .from("192.168.1.5", false)
+        .send(&app)
+        .await;
     assert_eq!(r.status.as_u16(), 200);
 
     // Members' REST addresses (127.0.0.1 in the seeded cluster) only.
@@ -127,20 +158,77 @@ impl Pki {
                 .current_dir(dir.path())
                 .output()
                 .expect("openssl runs");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]].concat());
-        for (name, usage, san) in [("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"), ("client", "clientAuth", "")] {
-            run(&[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]].concat());
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat());
+        for (name, usage, san) in [
+            ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+            ("client", "clientAuth", ""),
+        ] {
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat());
             std::fs::write(
                 dir.path().join(format!("{name}.ext")),
                 format!("{san}basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"),
             )
             .unwrap();
-            run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", &format!("{name}.crt"), "-days", "2", "-extfile", &format!("{name}.ext")]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
         }
         Pki { dir }
     }
@@ -158,7 +246,9 @@ struct TlsServer {
 impl TlsServer {
     async fn start(env: &Env, restapi: serde_json::Value) -> TlsServer {
         let api: RestApiConfig = serde_json::from_value(restapi.clone()).unwrap();
-        let acceptor = tls_acceptor(&api).expect("TLS settings").expect("certfile set");
+        let acceptor = tls_acceptor(&api)
+            .expect("TLS settings")
+            .expect("certfile set");
         let (tx, rx) = patroni::command::channel();
         fake_loop(rx, |c| match c {
             NodeCommand::Restart(..) => Some(CommandReply::Done("restarted successfully".into())),
@@ -175,7 +265,11 @@ impl TlsServer {
         let task = tokio::spawn(serve_tls(listener, acceptor, state, async move {
             let _ = stop_rx.await;
         }));
-        TlsServer { port, stop: Some(stop), task }
+        TlsServer {
+            port,
+            stop: Some(stop),
+            task,
+        }
     }
 
     async fn stop(mut self) {
@@ -197,7 +291,11 @@ async fn curl(args: &[&str]) -> (i32, String, String) {
         .expect("curl runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    (out.status.code().unwrap_or(-1), code.to_string(), body.to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        code.to_string(),
+        body.to_string(),
+    )
 }
 
 fn restapi(pki: &Pki, verify: &str) -> serde_json::Value {
@@ -221,11 +319,35 @@ async fn https_with_basic_auth() {
     assert_eq!(code, "200");
 
     let (_, code, body) = curl(&["--cacert", &ca, "-X", "POST", &url("/restart")]).await;
-    assert_eq!((code.as_str(), body.as_str()), ("401", "no auth header received"));
-    let (_, code, body) = curl(&["--cacert", &ca, "-u", "admin:wrong", "-X", "POST", &url("/restart")]).await;
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("401", "no auth header received")
+    );
+    let (_, code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-u",
+        "admin:wrong",
+        "-X",
+        "POST",
+        &url("/restart"),
+    ])
+    .await;
     assert_eq!((code.as_str(), body.as_str()), ("401", "not authenticated"));
-    let (_, code, body) = curl(&["--cacert", &ca, "-u", "admin:s3cret", "-X", "POST", &url("/restart")]).await;
-    assert_eq!((code.as_str(), body.as_str()), ("200", "restarted successfully"));
+    let (_, code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-u",
+        "admin:s3cret",
+        "-X",
+        "POST",
+        &url("/restart"),
+    ])
+    .await;
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("200", "restarted successfully")
+    );
 
     // Unverified server certificate and plain HTTP both fail.
     let (rc, _, _) = curl(&[&url("/patroni")]).await;
@@ -239,28 +361,83 @@ async fn https_with_basic_auth() {
 async fn client_certificates_optional_and_required() {
     let env = Env::new();
     let pki = Pki::new();
-    let (ca, cert, key) = (pki.path("ca.crt"), pki.path("client.crt"), pki.path("client.key"));
+    let (ca, cert, key) = (
+        pki.path("ca.crt"),
+        pki.path("client.crt"),
+        pki.path("client.key"),
+    );
 
     let srv = TlsServer::start(&env, restapi(&pki, "optional")).await;
     let url = |p: &str| format!("https://127.0.0.1:{}{p}", srv.port);
     let (_, code, _) = curl(&["--cacert", &ca, &url("/patroni")]).await;
     assert_eq!(code, "200", "safe endpoints need no client certificate");
-    let (_, code, body) = curl(&["--cacert", &ca, "-u", "admin:s3cret", "-X", "POST", &url("/restart")]).await;
-    assert_eq!((code.as_str(), body.as_str()), ("403", "client certificate required"));
-    let (_, code, body) =
-        curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, "-u", "admin:s3cret", "-X", "POST", &url("/restart")]).await;
-    assert_eq!((code.as_str(), body.as_str()), ("200", "restarted successfully"));
+    let (_, code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-u",
+        "admin:s3cret",
+        "-X",
+        "POST",
+        &url("/restart"),
+    ])
+    .await;
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("403", "client certificate required")
+    );
+    let (_, code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-u",
+        "admin:s3cret",
+        "-X",
+        "POST",
+        &url("/restart"),
+    ])
+    .await;
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("200", "restarted successfully")
+    );
     srv.stop().await;
 
     let srv = TlsServer::start(&env, restapi(&pki, "required")).await;
     let url = |p: &str| format!("https://127.0.0.1:{}{p}", srv.port);
     let (rc, code, _) = curl(&["--cacert", &ca, &url("/patroni")]).await;
-    assert!(rc != 0 || code != "200", "required: no certificate, no answer");
-    let (_, code, _) = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &url("/patroni")]).await;
+    assert!(
+        rc != 0 || code != "200",
+        "required: no certificate, no answer"
+    );
+    let (_, code, _) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        &url("/patroni"),
+    ])
+    .await;
     assert_eq!(code, "200");
     // A certificate the CA did not sign is refused in the handshake.
-    let (rc, code, _) = curl(&["--cacert", &ca, "--cert", &pki.path("server.crt"), "--key", &pki.path("server.key"), &url("/patroni")]).await;
-    assert!(rc != 0 || code != "200", "a server-usage certificate is not a client certificate");
+    let (rc, code, _) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &pki.path("server.crt"),
+        "--key",
+        &pki.path("server.key"),
+        &url("/patroni"),
+    ])
+    .await;
+    assert!(
+        rc != 0 || code != "200",
+        "a server-usage certificate is not a client certificate"
+    );
     srv.stop().await;
 }
 
@@ -269,18 +446,33 @@ fn tls_settings_errors_are_clear() {
     let pki = Pki::new();
     let api = |v: serde_json::Value| -> RestApiConfig { serde_json::from_value(v).unwrap() };
     let err = |v| tls_acceptor(&api(v)).err().expect("an error").to_string();
-    assert!(tls_acceptor(&api(json!({"listen":"x"}))).unwrap().is_none(), "no certfile: plain HTTP");
+    assert!(
+        tls_acceptor(&api(json!({"listen":"x"}))).unwrap().is_none(),
+        "no certfile: plain HTTP"
+    );
     let missing = err(json!({"certfile":"/nonexistent/server.crt"}));
     assert!(missing.contains("/nonexistent/server.crt"), "{missing}");
-    let no_ca = err(json!({"certfile":pki.path("server.crt"),"keyfile":pki.path("server.key"),"verify_client":"required"}));
+    let no_ca = err(
+        json!({"certfile":pki.path("server.crt"),"keyfile":pki.path("server.key"),"verify_client":"required"}),
+    );
     assert!(no_ca.contains("cafile"), "{no_ca}");
-    let bad = err(json!({"certfile":pki.path("server.crt"),"keyfile":pki.path("server.key"),"verify_client":"sometimes"}));
+    let bad = err(
+        json!({"certfile":pki.path("server.crt"),"keyfile":pki.path("server.key"),"verify_client":"sometimes"}),
+    );
     assert!(bad.contains("none, optional or required"), "{bad}");
     let no_key = err(json!({"certfile":pki.path("server.crt")}));
     assert!(no_key.contains("private key"), "{no_key}");
     let enc = Path::new(&pki.path("enc.key")).to_path_buf();
     let out = Command::new("openssl")
-        .args(["pkey", "-in", &pki.path("server.key"), "-aes256", "-passout", "pass:pw", "-out"])
+        .args([
+            "pkey",
+            "-in",
+            &pki.path("server.key"),
+            "-aes256",
+            "-passout",
+            "pass:pw",
+            "-out",
+        ])
         .arg(&enc)
         .output()
         .unwrap();

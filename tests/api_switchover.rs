@@ -17,7 +17,8 @@ async fn healthy_cluster() -> Env {
 }
 
 fn failover_key(env: &Env) -> Option<Value> {
-    env.raw("failover").map(|v| serde_json::from_str(&v).unwrap())
+    env.raw("failover")
+        .map(|v| serde_json::from_str(&v).unwrap())
 }
 
 async fn post(env: &Env, path: &str, body: &str) -> Reply {
@@ -28,19 +29,84 @@ async fn post(env: &Env, path: &str, body: &str) -> Reply {
 async fn refused_requests_write_nothing() {
     let env = healthy_cluster().await;
     let cases: &[(&str, &str, u16, &str)] = &[
-        ("/switchover", r#"{"candidate":"pg1"}"#, 400, "Switchover could be performed only from a specific leader"),
-        ("/failover", r#"{"leader":"pg0"}"#, 400, "Failover could be performed only to a specific candidate"),
-        ("/failover", r#"{"candidate":"pg1","scheduled_at":"2099-01-01T00:00+00"}"#, 400, "Failover can't be scheduled"),
-        ("/switchover", r#"{"leader":"pg0","candidate":"pg0"}"#, 400, "Switchover target and source are the same"),
-        ("/switchover", r#"{"leader":"pg1","candidate":"pg2"}"#, 412, "leader name does not match"),
-        ("/switchover", r#"{"leader":"pg0","candidate":"pg9"}"#, 412, "candidate does not exists"),
-        ("/switchover", r#"{"leader":"pg0","candidate":"pg2"}"#, 412, "switchover is not possible: no good candidates have been found"),
-        ("/failover", r#"{"candidate":"pg2"}"#, 412, "failover is not possible: no good candidates have been found"),
-        ("/switchover", r#"{"leader":"pg0","scheduled_at":"2099-01-01T00:00"}"#, 400, "Timezone information is mandatory for the scheduled switchover"),
-        ("/switchover", r#"{"leader":"pg0","scheduled_at":"2001-01-01T00:00+00"}"#, 422, "Cannot schedule switchover in the past"),
-        ("/switchover", r#"{"leader":"pg0","scheduled_at":"next tuesday"}"#, 422, "Unable to parse scheduled timestamp"),
-        ("/switchover", r#"{"leader":"pg0","candidate":5}"#, 400, "candidate must be a string"),
-        ("/switchover", r#"{"leader":"pg0","candidat":"pg1"}"#, 400, "unknown member \"candidat\""),
+        (
+            "/switchover",
+            r#"{"candidate":"pg1"}"#,
+            400,
+            "Switchover could be performed only from a specific leader",
+        ),
+        (
+            "/failover",
+            r#"{"leader":"pg0"}"#,
+            400,
+            "Failover could be performed only to a specific candidate",
+        ),
+        (
+            "/failover",
+            r#"{"candidate":"pg1","scheduled_at":"2099-01-01T00:00+00"}"#,
+            400,
+            "Failover can't be scheduled",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","candidate":"pg0"}"#,
+            400,
+            "Switchover target and source are the same",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg1","candidate":"pg2"}"#,
+            412,
+            "leader name does not match",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","candidate":"pg9"}"#,
+            412,
+            "candidate does not exists",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","candidate":"pg2"}"#,
+            412,
+            "switchover is not possible: no good candidates have been found",
+        ),
+        (
+            "/failover",
+            r#"{"candidate":"pg2"}"#,
+            412,
+            "failover is not possible: no good candidates have been found",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","scheduled_at":"2099-01-01T00:00"}"#,
+            400,
+            "Timezone information is mandatory for the scheduled switchover",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","scheduled_at":"2001-01-01T00:00+00"}"#,
+            422,
+            "Cannot schedule switchover in the past",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","scheduled_at":"next tuesday"}"#,
+            422,
+            "Unable to parse scheduled timestamp",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","candidate":5}"#,
+            400,
+            "candidate must be a string",
+        ),
+        (
+            "/switchover",
+            r#"{"leader":"pg0","candidat":"pg1"}"#,
+            400,
+            "unknown member \"candidat\"",
+        ),
         ("/switchover", r#"["pg0"]"#, 400, "must be a JSON object"),
         ("/switchover", r#"{"leader":"pg0""#, 400, "not valid JSON"),
     ];
@@ -73,29 +139,47 @@ async fn nofailover_candidate_is_refused() {
 #[tokio::test]
 async fn paused_cluster_rules() {
     let env = healthy_cluster().await;
-    env.store.put_raw(&key("config"), r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"pause":true}"#);
-    post(&env, "/switchover", r#"{"leader":"pg0","candidate":"pg1","scheduled_at":"2099-01-01T00:00+00"}"#)
-        .await
-        .expect(400, "Can't schedule switchover in the paused state");
+    env.store.put_raw(
+        &key("config"),
+        r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"pause":true}"#,
+    );
+    post(
+        &env,
+        "/switchover",
+        r#"{"leader":"pg0","candidate":"pg1","scheduled_at":"2099-01-01T00:00+00"}"#,
+    )
+    .await
+    .expect(400, "Can't schedule switchover in the paused state");
     post(&env, "/switchover", r#"{"leader":"pg0"}"#)
         .await
-        .expect(400, "Switchover is possible only to a specific candidate in a paused state");
+        .expect(
+            400,
+            "Switchover is possible only to a specific candidate in a paused state",
+        );
     assert_eq!(failover_key(&env), None);
 }
 
 #[tokio::test]
 async fn synchronous_mode_needs_a_sync_candidate() {
     let env = healthy_cluster().await;
-    env.store.put_raw(&key("config"), r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"synchronous_mode":true}"#);
-    env.store.put_raw(&key("sync"), r#"{"leader":"pg0","sync_standby":"pg2"}"#);
+    env.store.put_raw(
+        &key("config"),
+        r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"synchronous_mode":true}"#,
+    );
+    env.store
+        .put_raw(&key("sync"), r#"{"leader":"pg0","sync_standby":"pg2"}"#);
     post(&env, "/switchover", r#"{"leader":"pg0","candidate":"pg1"}"#)
         .await
         .expect(412, "candidate name does not match with sync_standby");
     // pg2 is the sync standby but unreachable.
     post(&env, "/switchover", r#"{"leader":"pg0"}"#)
         .await
-        .expect(412, "switchover is not possible: no good candidates have been found");
-    env.store.put_raw(&key("sync"), r#"{"leader":"pg0","sync_standby":null}"#);
+        .expect(
+            412,
+            "switchover is not possible: no good candidates have been found",
+        );
+    env.store
+        .put_raw(&key("sync"), r#"{"leader":"pg0","sync_standby":null}"#);
     post(&env, "/switchover", r#"{"leader":"pg0"}"#)
         .await
         .expect(412, "switchover is not possible: can not find sync_standby");
@@ -110,9 +194,13 @@ async fn scheduled_switchover_is_written_and_can_be_deleted() {
         .send(&app)
         .await
         .expect(404, "no switchover is scheduled");
-    post(&env, "/switchover", r#"{"leader":"pg0","candidate":"pg1","scheduled_at":"2099-09-24T12:00+02"}"#)
-        .await
-        .expect(202, "Switchover scheduled");
+    post(
+        &env,
+        "/switchover",
+        r#"{"leader":"pg0","candidate":"pg1","scheduled_at":"2099-09-24T12:00+02"}"#,
+    )
+    .await
+    .expect(202, "Switchover scheduled");
     assert_eq!(
         failover_key(&env),
         Some(json!({"leader":"pg0","member":"pg1","scheduled_at":"2099-09-24T12:00:00+02:00"}))
@@ -167,7 +255,10 @@ async fn immediate_switchover_waits_for_the_new_leader() {
     post(&env, "/switchover", r#"{"leader":"pg0","candidate":"pg1"}"#)
         .await
         .expect(200, "Successfully switched over to \"pg1\"");
-    assert_eq!(ha.await.unwrap(), Some(json!({"leader":"pg0","member":"pg1"})));
+    assert_eq!(
+        ha.await.unwrap(),
+        Some(json!({"leader":"pg0","member":"pg1"}))
+    );
 }
 
 #[tokio::test]

@@ -21,8 +21,7 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
 pub const PREFIX: &str = "/service/demo/";
-pub const CONFIG: &str =
-    r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"postgresql":{"parameters":{"max_connections":100,"work_mem":"4MB"}}}"#;
+pub const CONFIG: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"postgresql":{"parameters":{"max_connections":100,"work_mem":"4MB"}}}"#;
 
 pub fn key(k: &str) -> String {
     format!("{PREFIX}{k}")
@@ -47,7 +46,12 @@ impl Env {
         store.put_raw(&key("config"), CONFIG);
         store.put_raw(&key("leader"), "pg0");
         for (name, port) in [("pg0", 1), ("pg1", 2), ("pg2", 3)] {
-            put_member(&store, name, &format!("http://127.0.0.1:{port}/patroni"), "{}");
+            put_member(
+                &store,
+                name,
+                &format!("http://127.0.0.1:{port}/patroni"),
+                "{}",
+            );
         }
         let dcs = Arc::new(MemDcs::new(
             store.clone(),
@@ -94,17 +98,29 @@ impl Env {
     }
 
     pub fn cluster_now(&self) -> Cluster {
-        let nodes: Vec<patroni::dcs::RawNode> = ["initialize", "config", "leader", "failover", "sync", "failsafe", "members/pg0", "members/pg1", "members/pg2"]
-            .iter()
-            .filter_map(|k| {
-                self.store.get_raw(&key(k)).map(|(value, version, session)| patroni::dcs::RawNode {
+        let nodes: Vec<patroni::dcs::RawNode> = [
+            "initialize",
+            "config",
+            "leader",
+            "failover",
+            "sync",
+            "failsafe",
+            "members/pg0",
+            "members/pg1",
+            "members/pg2",
+        ]
+        .iter()
+        .filter_map(|k| {
+            self.store
+                .get_raw(&key(k))
+                .map(|(value, version, session)| patroni::dcs::RawNode {
                     key: k.to_string(),
                     value,
                     version,
                     session,
                 })
-            })
-            .collect();
+        })
+        .collect();
         Cluster::from_nodes(&nodes)
     }
 
