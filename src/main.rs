@@ -124,15 +124,30 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
         wake: runtime.wake.clone(),
         commands: Some(runtime.command_sender()),
         reloader: Some(runtime.reloader(path.clone())),
+        config: Some(runtime.config_watch()),
     };
+    // TLS settings are read once at start (a changed certfile needs a daemon restart).
+    let tls = patroni::api::tls_acceptor(&cfg.restapi).context("restapi TLS settings")?;
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(patroni::api::serve(listener, api_state, async move {
+    let api_shutdown = async move {
         let _ = api_stop.wait_for(|s| *s).await;
-    }));
+    };
+    let api = match tls {
+        Some(acceptor) => {
+            info!("REST API serves HTTPS on {}", cfg.restapi.listen);
+            tokio::spawn(patroni::api::serve_tls(
+                listener,
+                acceptor,
+                api_state,
+                api_shutdown,
+            ))
+        }
+        None => tokio::spawn(patroni::api::serve(listener, api_state, api_shutdown)),
+    };
     tokio::spawn(watch_sighup(runtime.reloader(path)));
     let mut ha_stop = stop_rx.clone();
     let ha = tokio::spawn(runtime.run(async move {

@@ -184,6 +184,7 @@ fn state_of(st: NodeStatus) -> ApiState {
         wake: Arc::new(Notify::new()),
         commands: None,
         reloader: None,
+        config: None,
     }
 }
 
@@ -701,14 +702,27 @@ async fn metrics_in_prometheus_format() {
 #[tokio::test]
 async fn unknown_paths_and_methods() {
     let st = primary_with_lock();
-    assert_eq!(get(&st, "/nonexistent").await.status, StatusCode::NOT_FOUND);
+    // Upstream answers any other GET with a health check picked by words in the path.
+    let r = get(&st, "/nonexistent").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["role"], "primary");
     assert_eq!(
         get(&st, "/replica/extra").await.status,
-        StatusCode::NOT_FOUND
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(get(&st, "/primary/extra").await.status, StatusCode::OK);
+    assert_eq!(get(&st, "/leader-check").await.status, StatusCode::OK);
+    assert_eq!(
+        call(&st, Method::OPTIONS, "/whatever").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(
         call(&st, Method::DELETE, "/patroni").await.status,
         StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        call(&st, Method::POST, "/nonexistent").await.status,
+        StatusCode::NOT_IMPLEMENTED
     );
 }
 
@@ -721,6 +735,7 @@ async fn router_sees_newly_published_status() {
         wake: Arc::new(Notify::new()),
         commands: None,
         reloader: None,
+        config: None,
     });
     let req = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
     let r = app.clone().oneshot(req("/primary")).await.unwrap();
@@ -769,7 +784,7 @@ async fn serve_answers_real_http_and_shuts_down() {
             .unwrap()
             .status()
             .as_u16(),
-        404
+        503
     );
 
     stop_tx.send(()).unwrap();
@@ -782,4 +797,131 @@ async fn serve_answers_real_http_and_shuts_down() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener still open after shutdown"
     );
+}
+
+/// A small Prometheus text-format (0.0.4) checker: every sample belongs to a family
+/// announced by `# HELP` and `# TYPE` (gauge/counter) before it, names and label names are
+/// valid, label values are quoted, values are numbers, no family is declared twice.
+fn check_prometheus(text: &str) -> std::collections::BTreeMap<String, (String, f64)> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut help = BTreeSet::new();
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(
+                valid_name(name) && help.insert(name.to_string()),
+                "HELP {line}"
+            );
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(matches!(kind, "gauge" | "counter"), "{line}");
+            assert!(help.contains(name), "TYPE before HELP: {line}");
+            assert!(
+                types.insert(name.into(), kind.into()).is_none(),
+                "twice: {line}"
+            );
+        } else if line.starts_with('#') {
+            continue;
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+            let (name, labels) = series.split_once('{').expect("samples carry labels");
+            let labels = labels.strip_suffix('}').expect("closing brace");
+            assert!(valid_name(name), "{line}");
+            let kind = types
+                .get(name)
+                .unwrap_or_else(|| panic!("no TYPE for {line}"));
+            for pair in labels.split(',') {
+                let (k, v) = pair.split_once('=').expect("label=value");
+                assert!(valid_name(k), "{line}");
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "{line}"
+                );
+            }
+            assert!(
+                labels.contains("scope=\"demo\"") && labels.contains("name="),
+                "{line}"
+            );
+            assert!(
+                samples
+                    .insert(name.to_string(), (kind.clone(), value))
+                    .is_none()
+            );
+        }
+    }
+    assert_eq!(help.len(), types.len());
+    samples
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_for_every_situation() {
+    let required = [
+        ("patroni_version", "gauge"),
+        ("patroni_postgres_running", "gauge"),
+        ("patroni_postmaster_start_time", "gauge"),
+        ("patroni_primary", "gauge"),
+        ("patroni_xlog_location", "counter"),
+        ("patroni_standby_leader", "gauge"),
+        ("patroni_replica", "gauge"),
+        ("patroni_sync_standby", "gauge"),
+        ("patroni_quorum_standby", "gauge"),
+        ("patroni_xlog_received_location", "counter"),
+        ("patroni_xlog_replayed_location", "counter"),
+        ("patroni_xlog_replayed_timestamp", "gauge"),
+        ("patroni_xlog_paused", "gauge"),
+        ("patroni_postgres_server_version", "gauge"),
+        ("patroni_cluster_unlocked", "gauge"),
+        ("patroni_failsafe_mode_is_active", "gauge"),
+        ("patroni_postgres_timeline", "counter"),
+        ("patroni_dcs_last_seen", "gauge"),
+        ("patroni_pending_restart", "gauge"),
+        ("patroni_is_paused", "gauge"),
+        ("patroni_postgres_state", "gauge"),
+    ];
+    for (what, st) in [
+        ("primary", primary_with_lock()),
+        ("replica", replica_streaming()),
+        ("stopped", stopped()),
+        ("paused", paused_primary()),
+        ("unlocked", unlocked()),
+    ] {
+        let r = get(&st, "/metrics").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let text = String::from_utf8(r.body).unwrap();
+        let samples = check_prometheus(&text);
+        for (name, kind) in required {
+            let (k, _) = samples
+                .get(name)
+                .unwrap_or_else(|| panic!("{what}: {name} missing in\n{text}"));
+            assert_eq!(k, kind, "{what}: {name}");
+        }
+        let v = |n: &str| samples[n].1;
+        match what {
+            "primary" => {
+                assert_eq!((v("patroni_primary"), v("patroni_replica")), (1.0, 0.0));
+                assert_eq!(v("patroni_postgres_streaming"), 0.0);
+            }
+            "replica" => {
+                assert_eq!((v("patroni_primary"), v("patroni_replica")), (0.0, 1.0));
+                assert_eq!(v("patroni_postgres_streaming"), 1.0);
+                assert!(v("patroni_xlog_replayed_location") > 0.0);
+            }
+            "stopped" => {
+                assert_eq!(v("patroni_postgres_running"), 0.0);
+                assert_eq!(v("patroni_postgres_state"), 12.0);
+            }
+            "paused" => assert_eq!(v("patroni_is_paused"), 1.0),
+            _ => assert_eq!(v("patroni_cluster_unlocked"), 1.0),
+        }
+    }
 }

@@ -15,6 +15,12 @@ pub enum ApiError {
     /// Client address not in `restapi.allowlist`.
     #[error("{0}")]
     Forbidden(String),
+    /// A body was required but the request had no Content-Length.
+    #[error("{0}")]
+    LengthRequired(String),
+    /// The body is larger than we accept.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// Unknown path, or nothing to delete (e.g. no scheduled restart).
     #[error("{0}")]
     NotFound(String),
@@ -45,6 +51,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::LengthRequired(_) => StatusCode::LENGTH_REQUIRED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,

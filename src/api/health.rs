@@ -57,6 +57,31 @@ impl HealthCheck {
             .find(|(p, _)| *p == path)
             .map(|(_, c)| *c)
     }
+
+    /// Upstream answers every GET it has no handler for with a health check chosen by
+    /// substrings of the path (`/replica/extra` is a replica check, `/foo` always 503):
+    /// `None` is the "always 503" case.
+    pub fn classify(path: &str) -> Option<HealthCheck> {
+        if let Some(c) = HealthCheck::from_path(path) {
+            return Some(c);
+        }
+        let has = |s: &str| path.contains(s);
+        if has("standby_leader") || has("standby-leader") {
+            Some(HealthCheck::StandbyLeader)
+        } else if has("leader") {
+            Some(HealthCheck::Leader)
+        } else if has("master") || has("primary") || has("read-write") {
+            Some(HealthCheck::Primary)
+        } else if has("replica") {
+            Some(HealthCheck::Replica)
+        } else if has("read-only") && !has("sync") && !has("quorum") {
+            Some(HealthCheck::ReadOnly)
+        } else if has("health") {
+            Some(HealthCheck::Health)
+        } else {
+            None
+        }
+    }
 }
 
 pub(super) type RawQuery =
@@ -74,12 +99,12 @@ pub(super) async fn health_handler(
     uri: Uri,
     query: RawQuery,
 ) -> Response {
-    let Some(check) = HealthCheck::from_path(uri.path()) else {
-        return super::not_found().await;
-    };
     let st = ctx.snapshot();
     let report = patroni_status(&st);
-    let code = check_status(check, &st, &report, &query_params(query));
+    let code = match HealthCheck::classify(uri.path()) {
+        Some(check) => check_status(check, &st, &report, &query_params(query)),
+        None => StatusCode::SERVICE_UNAVAILABLE,
+    };
     if method == Method::GET {
         (code, Json(report)).into_response()
     } else {

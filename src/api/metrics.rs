@@ -111,7 +111,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     ),
     (
         "patroni_postgres_timeline",
-        "gauge",
+        "counter",
         "Postgres timeline of this node (if running), 0 otherwise.",
     ),
     (

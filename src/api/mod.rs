@@ -1,28 +1,47 @@
 //! Patroni's REST API (axum). Read endpoints answer only from the `NodeStatus` the HA loop
 //! publishes on a watch channel: no SQL and no DCS round trip inside a request, so a slow
-//! PostgreSQL or DCS never stalls a load-balancer health check.
+//! PostgreSQL or DCS never stalls a load-balancer health check. Write endpoints are
+//! compare-and-set DCS writes (switchover, /config) or commands to the HA loop (restart,
+//! reinitialize); all of them pass the access guard (allowlist, client certificate, Basic
+//! auth) first.
 
+mod access;
+mod body;
+mod candidates;
 mod cluster;
+mod dynconfig;
 mod error;
 mod health;
 mod metrics;
+mod node_ops;
 mod probes;
 mod query;
+mod schedule;
 mod status_json;
+mod switchover;
+mod tls;
 
+pub use access::{ClientInfo, Network};
+pub use body::MAX_BODY;
+pub use candidates::failover_limitation;
 pub use cluster::{cluster_as_json, conn_host_port};
 pub use error::ApiError;
 pub use health::{HEALTH_PATHS, HealthCheck, check_status};
 pub use metrics::render as render_metrics;
+pub use node_ops::postgres_version_to_int;
 pub use probes::{is_alive, readiness_failure};
 pub use query::{QueryParams, parse_bytes};
+pub use schedule::{isoformat, parse_schedule};
 pub use status_json::{PatroniInfo, PatroniStatus, Replication, Xlog, patroni_status};
+pub use tls::{TlsAcceptor, TlsError, TlsListener, tls_acceptor};
 
+use crate::config::Config;
 use crate::status::NodeStatus;
 use axum::Router;
 use axum::extract::State;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
@@ -40,6 +59,10 @@ pub struct ApiState {
     pub commands: Option<crate::command::CommandSender>,
     /// POST /reload: re-read the local configuration file.
     pub reloader: Option<crate::reload::ConfigReloader>,
+    /// The local configuration as last (re-)read: `restapi.authentication`, `allowlist`,
+    /// `allowlist_include_members`, `verify_client` are taken from here on every unsafe
+    /// request, so a reload changes them at once. `None`: no access checks (tests).
+    pub config: Option<watch::Receiver<Arc<Config>>>,
 }
 
 /// Handler state: the caller's `ApiState` plus when this router was built (stands in for
@@ -54,6 +77,13 @@ impl Ctx {
     /// The current status; cloning the `Arc` releases the watch lock immediately.
     fn snapshot(&self) -> Arc<NodeStatus> {
         self.api.status.borrow().clone()
+    }
+
+    fn dcs(&self) -> Result<Arc<dyn crate::dcs::Dcs>, ApiError> {
+        self.api
+            .dcs
+            .clone()
+            .ok_or_else(|| ApiError::Unavailable("this node has no DCS connection".into()))
     }
 }
 
@@ -82,19 +112,58 @@ pub fn router(state: ApiState) -> Router {
         .route("/patroni", get(get_patroni))
         .route("/cluster", get(cluster::get_cluster))
         .route("/history", get(cluster::get_history))
-        .route("/config", get(cluster::get_config))
+        .route(
+            "/config",
+            get(cluster::get_config)
+                .patch(dynconfig::patch_config)
+                .put(dynconfig::put_config),
+        )
+        .route("/reload", post(dynconfig::post_reload))
+        .route("/failsafe", get(get_failsafe))
         .route("/metrics", get(metrics::get_metrics))
-        .fallback(not_found)
+        .route(
+            "/switchover",
+            post(switchover::post_switchover).delete(switchover::delete_switchover),
+        )
+        .route("/failover", post(switchover::post_failover))
+        .route(
+            "/restart",
+            post(node_ops::post_restart).delete(node_ops::delete_restart),
+        )
+        .route("/reinitialize", post(node_ops::post_reinitialize))
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            access::guard,
+        ))
+        // Bodies are read with our own limit (`body::MAX_BODY`) and message.
+        .layer(axum::extract::DefaultBodyLimit::max(body::MAX_BODY))
         .with_state(ctx)
 }
 
-/// Serve the API on `listener` until `shutdown` completes (in-flight requests finish first).
+/// Serve plain HTTP on `listener` until `shutdown` completes (in-flight requests finish
+/// first).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<ClientInfo>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serve HTTPS: TLS handshakes with `acceptor` (see `tls_acceptor`), then the same router.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TlsListener::new(listener, acceptor)?;
+    let app = router(state).into_make_service_with_connect_info::<ClientInfo>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -103,6 +172,30 @@ async fn get_patroni(State(ctx): State<Ctx>) -> axum::Json<PatroniStatus> {
     axum::Json(patroni_status(&ctx.snapshot()))
 }
 
-async fn not_found() -> Response {
-    ApiError::NotFound("not found".into()).into_response()
+/// The `failsafe` key (member name -> api_url) as last read; 502 when there is none, as
+/// upstream answers when failsafe mode is off.
+async fn get_failsafe(State(ctx): State<Ctx>) -> Response {
+    let st = ctx.snapshot();
+    match st.cluster.as_deref().and_then(|c| c.failsafe.as_ref()) {
+        Some(f) if st.dynamic.failsafe_mode => axum::Json(f.clone()).into_response(),
+        _ => ApiError::BadGateway("failsafe mode is not active".into()).into_response(),
+    }
+}
+
+/// GET/HEAD/OPTIONS of any other path is a health check chosen by the path's words, as
+/// upstream does; other methods on unknown paths are not implemented.
+async fn fallback(
+    State(ctx): State<Ctx>,
+    method: Method,
+    uri: axum::http::Uri,
+    query: health::RawQuery,
+) -> Response {
+    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return health::health_handler(State(ctx), method, uri, query).await;
+    }
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        format!("Unsupported method ({method})"),
+    )
+        .into_response()
 }

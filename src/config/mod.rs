@@ -75,6 +75,18 @@ pub struct RestApiConfig {
     pub cafile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_client: Option<String>,
+    /// Password of an encrypted `keyfile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyfile_password: Option<String>,
+    /// Addresses, host names or CIDR networks allowed to call the unsafe endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Kept as raw YAML (a list of strings) so a malformed entry is a validation issue, not a
+    /// load failure.
+    pub allowlist: Option<Value>,
+    /// Also allow the REST API addresses of the cluster members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Upstream's boolean spellings ("on", "yes"...) are accepted, so kept raw.
+    pub allowlist_include_members: Option<Value>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
