@@ -42,6 +42,9 @@ pub struct PatroniStatus {
     pub pending_restart: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_restart_reason: Option<Map<String, Value>>,
+    /// A restart scheduled with POST /restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<Value>,
     pub patroni: PatroniInfo,
     #[serde(skip_serializing_if = "is_false")]
     pub watchdog_failed: bool,
@@ -133,6 +136,7 @@ pub fn patroni_status(st: &NodeStatus) -> PatroniStatus {
         database_system_identifier: sysid(st),
         pending_restart: false,
         pending_restart_reason: None,
+        scheduled_restart: None,
         patroni: PatroniInfo {
             version: crate::PATRONI_VERSION,
             scope: st.scope.clone(),
@@ -144,6 +148,7 @@ pub fn patroni_status(st: &NodeStatus) -> PatroniStatus {
         out.pending_restart = true;
         out.pending_restart_reason = Some(st.pending_restart_reason.clone());
     }
+    out.scheduled_restart.clone_from(&st.scheduled_restart);
     match (&st.pg, queried) {
         (Some(pg), true) => fill_from_sql(&mut out, st, pg),
         // Upstream says "unknown" when it believes PostgreSQL runs but cannot query it.

@@ -35,7 +35,7 @@ impl Runtime {
             NodeCommand::CancelScheduledRestart(reply) => {
                 let answer = match self.scheduled_restart.take() {
                     Some(_) => CommandReply::Done("scheduled restart deleted".into()),
-                    None => refused(404, "no restart is scheduled"),
+                    None => refused(404, "no restarts are scheduled"),
                 };
                 let _ = reply.send(answer);
             }

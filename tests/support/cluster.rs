@@ -441,3 +441,27 @@ pub fn longest_gap(acks: &[(i64, std::time::Instant)]) -> Duration {
         .max()
         .unwrap_or_default()
 }
+
+/// An HTTP request with curl (the way an operator would): (status, body).
+pub fn http(method: &str, port: u16, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-m",
+        "120",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
