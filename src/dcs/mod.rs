@@ -4,6 +4,7 @@
 //! Backends only move raw key/value nodes; parsing into typed values lives here
 //! (`Cluster::from_nodes`) so every store tolerates bad JSON the same way.
 
+pub mod consul;
 pub mod etcd3;
 pub mod keys;
 pub mod mem;
