@@ -722,3 +722,59 @@ async fn etcd_dead_endpoint_is_skipped() {
         );
     }
 }
+
+/// Consul only: sessions as upstream creates them, and service registration with role tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_session_and_service_registration() {
+    let b = ConsulBackend::start().await;
+    let mut cfg = b.cfg.clone();
+    cfg.register_service = Some(true.into());
+    cfg.service_tags = Some(vec!["zone-b".into(), "a".into()]);
+    let x = ConsulDcs::new(&cfg, NAMESPACE, "Bat_man", "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    let mut data = MemberData {
+        conn_url: Some("postgres://127.0.0.2:5433/postgres".into()),
+        api_url: Some("http://127.0.0.2:8009/patroni".into()),
+        state: PgState::Running,
+        role: Role::Primary,
+        ..Default::default()
+    };
+    assert!(x.touch_member(&data).await.unwrap());
+
+    let sid = x.session_id().await.expect("a session was created");
+    {
+        let d = b.fx.data();
+        let s = d.sessions.get(&sid).expect("session known to the agent");
+        assert_eq!(s.name, "Bat_man-pg0");
+        assert_eq!(s.ttl, Duration::from_secs(1), "session TTL is ttl/2");
+        assert_eq!(s.behavior, "delete");
+        assert!(s.lock_delay < Duration::from_millis(10));
+        let member = d.kv.get("service/Bat_man/members/pg0").expect("member key");
+        assert_eq!(member.session.as_deref(), Some(sid.as_str()));
+        let svc = d.services.get("Bat_man/pg0").expect("service registered");
+        assert_eq!(svc["Name"], "bat-man");
+        assert_eq!(svc["Tags"], serde_json::json!(["a", "zone-b", "primary", "master"]));
+        assert_eq!(svc["Address"], "127.0.0.2");
+        assert_eq!(svc["Port"], 5433);
+        assert_eq!(svc["Check"]["HTTP"], "http://127.0.0.2:8009/primary");
+    }
+
+    data.role = Role::Replica;
+    assert!(x.touch_member(&data).await.unwrap());
+    let tags = b.fx.data().services["Bat_man/pg0"]["Tags"].clone();
+    assert_eq!(tags, serde_json::json!(["a", "zone-b", "replica"]));
+
+    data.state = PgState::Stopped;
+    assert!(x.touch_member(&data).await.unwrap());
+    assert!(b.fx.data().services.is_empty(), "stopped members deregister");
+}
+
+/// Consul only: a wrong ACL token is a rejection with a message naming the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_wrong_token_is_rejected() {
+    let b = ConsulBackend::start().await;
+    let mut cfg = b.cfg.clone();
+    cfg.token = Some("wrong".into());
+    let x = ConsulDcs::new(&cfg, NAMESPACE, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    let err = x.get_cluster().await.unwrap_err();
+    assert!(err.to_string().contains("consul.token"), "{err}");
+}
