@@ -3,7 +3,7 @@
 //!
 //! Unknown keys are kept in `extra` maps and warned about, never fatal.
 
-mod dcs_sections;
+pub mod dcs_sections;
 pub mod dynamic;
 mod dynamic_check;
 pub mod env;

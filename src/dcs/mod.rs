@@ -7,6 +7,7 @@
 pub mod consul;
 pub mod etcd3;
 pub mod keys;
+pub mod kubernetes;
 pub mod mem;
 mod types;
 
