@@ -175,7 +175,21 @@ async fn connect_dcs(cfg: &Config) -> Result<Arc<dyn patroni::dcs::Dcs>> {
         .context("setting up the Consul client")?;
         return Ok(Arc::new(d));
     }
-    bail!("no supported DCS section: configure `etcd3:` or `consul:`");
+    if let Some(k8s) = cfg.kubernetes.as_ref() {
+        let server = patroni::dcs::kubernetes::ApiServer::discover(k8s.context.as_deref())
+            .context("finding the Kubernetes API server")?;
+        let d = patroni::dcs::kubernetes::KubernetesDcs::new(
+            k8s,
+            server,
+            &cfg.scope,
+            &cfg.name,
+            ttl,
+            retry_timeout,
+        )
+        .context("setting up the Kubernetes client")?;
+        return Ok(Arc::new(d));
+    }
+    bail!("no supported DCS section: configure `etcd3:`, `consul:` or `kubernetes:`");
 }
 
 async fn wait_for_termination() {

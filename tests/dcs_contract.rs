@@ -5,12 +5,14 @@ mod support;
 
 use patroni::dcs::consul::ConsulDcs;
 use patroni::dcs::etcd3::Etcd3Dcs;
+use patroni::dcs::kubernetes::{ApiServer, KubernetesDcs};
 use patroni::dcs::mem::{MemDcs, MemStore};
 use patroni::dcs::{Dcs, DcsResult, MemberData, PgState, Role, Status};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::consul::ConsulFixture;
 use support::etcd::Etcd;
+use support::kube::KubeFixture;
 
 const NAMESPACE: &str = "/service/";
 const SCOPE: &str = "batman";
@@ -208,6 +210,134 @@ impl Backend for ConsulBackend {
     }
     fn restart(&self) {
         self.fx.restart();
+    }
+}
+
+/// Kubernetes: the in-process fixture of the API server (no API server binary here).
+/// Relative keys map to upstream's objects: `config`/`history`/`initialize` are annotations
+/// of `batman-config`, `leader`/`status`/`failsafe` of `batman-leader`, members are Pods.
+struct KubeBackend {
+    fx: KubeFixture,
+    cfg: patroni::config::KubernetesConfig,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+const K8S_NS: &str = "default";
+
+impl KubeBackend {
+    async fn start() -> KubeBackend {
+        let fx = KubeFixture::start(Some("t0ken")).await;
+        let cfg: patroni::config::KubernetesConfig =
+            serde_json::from_value(serde_json::json!({"labels": {"application": "patroni"}}))
+                .unwrap();
+        let labels = cfg.selector_labels(SCOPE);
+        KubeBackend { fx, cfg, labels }
+    }
+
+    /// Which object and annotation hold a relative key.
+    fn location(rel: &str) -> (&'static str, &'static str) {
+        match rel {
+            "config" | "history" | "initialize" => ("batman-config", "config"),
+            "failover" => ("batman-failover", ""),
+            "sync" => ("batman-sync", ""),
+            _ => ("batman-leader", "leader"),
+        }
+    }
+
+    fn annotate(&self, object: &str, key: &str, value: Option<&str>) {
+        self.fx
+            .annotate(K8S_NS, "configmaps", object, &self.labels, key, value);
+    }
+
+    fn annotation(&self, object: &str, key: &str) -> Option<String> {
+        let o = self.fx.object(K8S_NS, "configmaps", object)?;
+        o["metadata"]["annotations"][key].as_str().map(str::to_string)
+    }
+}
+
+impl Backend for KubeBackend {
+    type D = KubernetesDcs;
+    async fn member(&self, name: &str) -> KubernetesDcs {
+        self.fx.add_pod(K8S_NS, name, &self.labels);
+        let server = ApiServer::from_parts(&self.fx.url(), Some("t0ken".into())).unwrap();
+        KubernetesDcs::new(&self.cfg, server, SCOPE, name, self.ttl(), self.retry_timeout())
+            .expect("kubernetes client")
+    }
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    async fn pass(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+    async fn put_raw(&self, rel: &str, value: &str) {
+        if let Some(member) = rel.strip_prefix("members/") {
+            // A pod name cannot contain '/': such a key cannot exist in Kubernetes.
+            if !member.contains('/') {
+                self.fx.add_pod(K8S_NS, member, &self.labels);
+                self.fx
+                    .annotate(K8S_NS, "pods", member, &self.labels, "status", Some(value));
+            }
+            return;
+        }
+        let (object, _) = Self::location(rel);
+        let fields = serde_json::from_str::<serde_json::Value>(value)
+            .ok()
+            .and_then(|v| v.as_object().cloned());
+        match (rel, fields) {
+            ("status" | "failover" | "sync", Some(m)) => {
+                for (k, v) in m {
+                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    self.annotate(object, &k, Some(&text));
+                }
+            }
+            // Not an object: what one annotation of that object would hold.
+            ("status", None) => self.annotate(object, "optime", Some(value)),
+            ("failover", None) => self.annotate(object, "member", Some(value)),
+            ("sync", None) => self.annotate(object, "sync_standby", Some(value)),
+            _ => self.annotate(object, rel, Some(value)),
+        }
+    }
+    async fn get_raw(&self, rel: &str) -> Option<String> {
+        if let Some(member) = rel.strip_prefix("members/") {
+            let pod = self.fx.object(K8S_NS, "pods", member)?;
+            return pod["metadata"]["annotations"]["status"]
+                .as_str()
+                .map(str::to_string);
+        }
+        if rel == "status" {
+            let mut m = serde_json::Map::new();
+            let optime = self.annotation("batman-leader", "optime")?;
+            m.insert("optime".into(), optime.parse::<u64>().ok()?.into());
+            for k in ["slots", "retain_slots"] {
+                if let Some(v) = self.annotation("batman-leader", k) {
+                    m.insert(k.into(), serde_json::from_str(&v).ok()?);
+                }
+            }
+            return Some(serde_json::Value::Object(m).to_string());
+        }
+        let (object, _) = Self::location(rel);
+        self.annotation(object, rel)
+    }
+    async fn delete_raw(&self, rel: &str) {
+        let (object, _) = Self::location(rel);
+        if rel == "leader" {
+            // The leader "key" vanishing is its object being deleted.
+            self.fx.delete(K8S_NS, "configmaps", object);
+        } else {
+            self.annotate(object, rel, None);
+        }
+    }
+    fn stop(&self) {
+        self.fx.stop();
+    }
+    fn restart(&self) {
+        self.fx.restart();
+    }
+    fn member_leases(&self) -> bool {
+        false
     }
 }
 
@@ -672,6 +802,15 @@ macro_rules! contract {
                 }
             )*
         }
+        mod kubernetes_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let b = super::KubeBackend::start().await;
+                    super::$behaviour(&b).await;
+                }
+            )*
+        }
         mod etcd_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,4 +916,54 @@ async fn consul_wrong_token_is_rejected() {
     let x = ConsulDcs::new(&cfg, NAMESPACE, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
     let err = x.get_cluster().await.unwrap_err();
     assert!(err.to_string().contains("consul.token"), "{err}");
+}
+
+/// Kubernetes only: upstream's object names, labels, Pod role label, and with
+/// `use_endpoints` the leader Endpoints `<scope>` pointing at the leader pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_objects_labels_and_endpoints() {
+    let b = KubeBackend::start().await;
+    let x = b.member("pg0").await;
+    let data = MemberData {
+        state: PgState::Running,
+        role: Role::Primary,
+        ..Default::default()
+    };
+    assert!(x.attempt_to_acquire_leader().await.unwrap());
+    assert!(x.touch_member(&data).await.unwrap());
+    let leader = b.fx.object(K8S_NS, "configmaps", "batman-leader").unwrap();
+    assert_eq!(leader["metadata"]["labels"]["cluster-name"], "batman");
+    assert_eq!(leader["metadata"]["labels"]["application"], "patroni");
+    let ann = &leader["metadata"]["annotations"];
+    assert_eq!((ann["leader"].as_str(), ann["ttl"].as_str()), (Some("pg0"), Some("2")));
+    assert_eq!(ann["transitions"], "0");
+    let pod = b.fx.object(K8S_NS, "pods", "pg0").unwrap();
+    assert_eq!(pod["metadata"]["labels"]["role"], "primary");
+    assert!(pod["metadata"]["annotations"]["status"].as_str().unwrap().contains("\"role\":\"primary\""));
+
+    // Endpoints mode: the leader object is `batman` and lists the leader pod's IP and ports.
+    let mut cfg = b.cfg.clone();
+    cfg.use_endpoints = Some(true.into());
+    cfg.pod_ip = Some("10.1.2.3".into());
+    cfg.ports = Some(vec![serde_json::json!({"name": "postgresql", "port": 5432})]);
+    let server = ApiServer::from_parts(&b.fx.url(), Some("t0ken".into())).unwrap();
+    let e = KubernetesDcs::new(&cfg, server, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    assert!(e.attempt_to_acquire_leader().await.unwrap());
+    assert!(e.update_leader(None).await.unwrap());
+    let ep = b.fx.object(K8S_NS, "endpoints", "batman").expect("leader Endpoints");
+    assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "10.1.2.3");
+    assert_eq!(ep["subsets"][0]["ports"][0]["name"], "postgresql");
+    assert!(e.delete_leader(None).await.unwrap());
+    let ep = b.fx.object(K8S_NS, "endpoints", "batman").unwrap();
+    assert_eq!(ep["subsets"], serde_json::json!([]), "released leader Endpoints are empty");
+}
+
+/// Kubernetes only: a wrong token is a rejection naming RBAC, not an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_wrong_token_is_rejected() {
+    let b = KubeBackend::start().await;
+    let server = ApiServer::from_parts(&b.fx.url(), Some("nope".into())).unwrap();
+    let x = KubernetesDcs::new(&b.cfg, server, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    let err = x.get_cluster().await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
 }

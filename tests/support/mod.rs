@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod consul;
 pub mod etcd;
+pub mod kube;
 pub mod postgres;
 
 use std::net::TcpListener;
