@@ -251,7 +251,9 @@ impl KubeBackend {
 
     fn annotation(&self, object: &str, key: &str) -> Option<String> {
         let o = self.fx.object(K8S_NS, "configmaps", object)?;
-        o["metadata"]["annotations"][key].as_str().map(str::to_string)
+        o["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_string)
     }
 }
 
@@ -260,8 +262,15 @@ impl Backend for KubeBackend {
     async fn member(&self, name: &str) -> KubernetesDcs {
         self.fx.add_pod(K8S_NS, name, &self.labels);
         let server = ApiServer::from_parts(&self.fx.url(), Some("t0ken".into())).unwrap();
-        KubernetesDcs::new(&self.cfg, server, SCOPE, name, self.ttl(), self.retry_timeout())
-            .expect("kubernetes client")
+        KubernetesDcs::new(
+            &self.cfg,
+            server,
+            SCOPE,
+            name,
+            self.ttl(),
+            self.retry_timeout(),
+        )
+        .expect("kubernetes client")
     }
     fn ttl(&self) -> Duration {
         Duration::from_secs(2)
@@ -869,7 +878,15 @@ async fn consul_session_and_service_registration() {
     let mut cfg = b.cfg.clone();
     cfg.register_service = Some(true.into());
     cfg.service_tags = Some(vec!["zone-b".into(), "a".into()]);
-    let x = ConsulDcs::new(&cfg, NAMESPACE, "Bat_man", "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    let x = ConsulDcs::new(
+        &cfg,
+        NAMESPACE,
+        "Bat_man",
+        "pg0",
+        b.ttl(),
+        b.retry_timeout(),
+    )
+    .unwrap();
     let mut data = MemberData {
         conn_url: Some("postgres://127.0.0.2:5433/postgres".into()),
         api_url: Some("http://127.0.0.2:8009/patroni".into()),
@@ -891,7 +908,10 @@ async fn consul_session_and_service_registration() {
         assert_eq!(member.session.as_deref(), Some(sid.as_str()));
         let svc = d.services.get("Bat_man/pg0").expect("service registered");
         assert_eq!(svc["Name"], "bat-man");
-        assert_eq!(svc["Tags"], serde_json::json!(["a", "zone-b", "primary", "master"]));
+        assert_eq!(
+            svc["Tags"],
+            serde_json::json!(["a", "zone-b", "primary", "master"])
+        );
         assert_eq!(svc["Address"], "127.0.0.2");
         assert_eq!(svc["Port"], 5433);
         assert_eq!(svc["Check"]["HTTP"], "http://127.0.0.2:8009/primary");
@@ -904,7 +924,10 @@ async fn consul_session_and_service_registration() {
 
     data.state = PgState::Stopped;
     assert!(x.touch_member(&data).await.unwrap());
-    assert!(b.fx.data().services.is_empty(), "stopped members deregister");
+    assert!(
+        b.fx.data().services.is_empty(),
+        "stopped members deregister"
+    );
 }
 
 /// Consul only: a wrong ACL token is a rejection with a message naming the token.
@@ -935,27 +958,43 @@ async fn kubernetes_objects_labels_and_endpoints() {
     assert_eq!(leader["metadata"]["labels"]["cluster-name"], "batman");
     assert_eq!(leader["metadata"]["labels"]["application"], "patroni");
     let ann = &leader["metadata"]["annotations"];
-    assert_eq!((ann["leader"].as_str(), ann["ttl"].as_str()), (Some("pg0"), Some("2")));
+    assert_eq!(
+        (ann["leader"].as_str(), ann["ttl"].as_str()),
+        (Some("pg0"), Some("2"))
+    );
     assert_eq!(ann["transitions"], "0");
     let pod = b.fx.object(K8S_NS, "pods", "pg0").unwrap();
     assert_eq!(pod["metadata"]["labels"]["role"], "primary");
-    assert!(pod["metadata"]["annotations"]["status"].as_str().unwrap().contains("\"role\":\"primary\""));
+    assert!(
+        pod["metadata"]["annotations"]["status"]
+            .as_str()
+            .unwrap()
+            .contains("\"role\":\"primary\"")
+    );
 
     // Endpoints mode: the leader object is `batman` and lists the leader pod's IP and ports.
     let mut cfg = b.cfg.clone();
     cfg.use_endpoints = Some(true.into());
     cfg.pod_ip = Some("10.1.2.3".into());
-    cfg.ports = Some(vec![serde_json::json!({"name": "postgresql", "port": 5432})]);
+    cfg.ports = Some(vec![
+        serde_json::json!({"name": "postgresql", "port": 5432}),
+    ]);
     let server = ApiServer::from_parts(&b.fx.url(), Some("t0ken".into())).unwrap();
     let e = KubernetesDcs::new(&cfg, server, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
     assert!(e.attempt_to_acquire_leader().await.unwrap());
     assert!(e.update_leader(None).await.unwrap());
-    let ep = b.fx.object(K8S_NS, "endpoints", "batman").expect("leader Endpoints");
+    let ep =
+        b.fx.object(K8S_NS, "endpoints", "batman")
+            .expect("leader Endpoints");
     assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "10.1.2.3");
     assert_eq!(ep["subsets"][0]["ports"][0]["name"], "postgresql");
     assert!(e.delete_leader(None).await.unwrap());
     let ep = b.fx.object(K8S_NS, "endpoints", "batman").unwrap();
-    assert_eq!(ep["subsets"], serde_json::json!([]), "released leader Endpoints are empty");
+    assert_eq!(
+        ep["subsets"],
+        serde_json::json!([]),
+        "released leader Endpoints are empty"
+    );
 }
 
 /// Kubernetes only: a wrong token is a rejection naming RBAC, not an outage.

@@ -146,7 +146,11 @@ impl ConsulConfig {
             add("verify", "must be true or false".into());
         }
         if self.register_service.is_some()
-            && self.register_service.as_ref().and_then(parse_bool).is_none()
+            && self
+                .register_service
+                .as_ref()
+                .and_then(parse_bool)
+                .is_none()
         {
             add("register_service", "must be true or false".into());
         }
@@ -330,7 +334,9 @@ impl KubernetesConfig {
 
 fn parse_port(v: &Value) -> Result<EndpointPort, String> {
     let Value::Object(m) = v else {
-        return Err(format!("each port must be a mapping like {{name: postgresql, port: 5432}}, got {v}"));
+        return Err(format!(
+            "each port must be a mapping like {{name: postgresql, port: 5432}}, got {v}"
+        ));
     };
     let port = match m.get("port") {
         None => 5432,
@@ -341,7 +347,12 @@ fn parse_port(v: &Value) -> Result<EndpointPort, String> {
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("port must be between 1 and 65535, got {p}"))?,
     };
-    let text = |k: &str| m.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let text = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     Ok(EndpointPort {
         name: text("name"),
         port,
@@ -384,10 +395,16 @@ mod tests {
             paths,
             ["consul.host", "consul.consistency", "consul.verify"]
         );
-        assert!(consul(json!({"url": "ftp://x:1"})).issues("consul")[0]
-            .message
-            .contains("http or https"));
-        assert!(consul(json!({"host": "h:8500", "verify": "off"})).issues("consul").is_empty());
+        assert!(
+            consul(json!({"url": "ftp://x:1"})).issues("consul")[0]
+                .message
+                .contains("http or https")
+        );
+        assert!(
+            consul(json!({"host": "h:8500", "verify": "off"}))
+                .issues("consul")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -406,7 +423,10 @@ mod tests {
         }))
         .unwrap();
         assert!(k.use_endpoints());
-        assert_eq!(k.endpoint_ports().unwrap()[0].name.as_deref(), Some("postgresql"));
+        assert_eq!(
+            k.endpoint_ports().unwrap()[0].name.as_deref(),
+            Some("postgresql")
+        );
         assert_eq!(k.retriable_http_codes().unwrap(), vec![401, 429]);
         let paths: Vec<String> = k.issues("kubernetes").into_iter().map(|i| i.path).collect();
         assert_eq!(paths, ["kubernetes.pod_ip"]);

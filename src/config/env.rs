@@ -472,10 +472,16 @@ mod tests {
             (
                 &[
                     ("PATRONI_KUBERNETES_NAMESPACE", "db"),
-                    ("PATRONI_KUBERNETES_LABELS", "{application: patroni, team: x}"),
+                    (
+                        "PATRONI_KUBERNETES_LABELS",
+                        "{application: patroni, team: x}",
+                    ),
                     ("PATRONI_KUBERNETES_USE_ENDPOINTS", "true"),
                     ("PATRONI_KUBERNETES_POD_IP", "10.0.0.5"),
-                    ("PATRONI_KUBERNETES_PORTS", "[{\"name\": \"postgresql\", \"port\": 5432}]"),
+                    (
+                        "PATRONI_KUBERNETES_PORTS",
+                        "[{\"name\": \"postgresql\", \"port\": 5432}]",
+                    ),
                     ("PATRONI_KUBERNETES_ROLE_LABEL", "spilo-role"),
                     ("PATRONI_KUBERNETES_BYPASS_API_SERVICE", "false"),
                 ],

@@ -505,10 +505,7 @@ mod tests {
                 json!({"etcd3": null, "etcd": {"host": "h:2379"}}),
                 vec!["etcd"],
             ),
-            (
-                json!({"etcd3": null, "consul": {"host": "h:8500"}}),
-                vec![],
-            ),
+            (json!({"etcd3": null, "consul": {"host": "h:8500"}}), vec![]),
             (
                 json!({"etcd3": null, "consul": {"host": "h:0", "consistency": "x"}}),
                 vec!["consul.consistency", "consul.host"],

@@ -205,7 +205,9 @@ impl ConsulFixture {
         let std_listener = loop {
             match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
                 Ok(l) => break l,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(e) => panic!("cannot re-bind port {}: {e}", self.port),
             }
         };
@@ -250,15 +252,15 @@ impl Shared {
 
 fn router(st: St) -> Router {
     Router::new()
-        .route(
-            "/v1/kv/{*key}",
-            get(kv_get).put(kv_put).delete(kv_delete),
-        )
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/session/create", put(session_create))
         .route("/v1/session/renew/{id}", put(session_renew))
         .route("/v1/session/destroy/{id}", put(session_destroy))
         .route("/v1/agent/service/register", put(service_register))
-        .route("/v1/agent/service/deregister/{*id}", put(service_deregister))
+        .route(
+            "/v1/agent/service/deregister/{*id}",
+            put(service_deregister),
+        )
         .route("/v1/agent/services", get(services))
         .layer(axum::middleware::from_fn_with_state(st.clone(), gate))
         .with_state(st)
@@ -279,7 +281,10 @@ async fn gate(
             .into_response();
     }
     if let Some(t) = &st.token {
-        let given = req.headers().get("X-Consul-Token").and_then(|v| v.to_str().ok());
+        let given = req
+            .headers()
+            .get("X-Consul-Token")
+            .and_then(|v| v.to_str().ok());
         if given != Some(t.as_str()) {
             return (StatusCode::FORBIDDEN, "Permission denied").into_response();
         }
@@ -309,12 +314,11 @@ fn entry_json(key: &str, e: &Entry) -> Value {
 /// The answer to a KV read and the index it reflects.
 fn kv_read(d: &Data, key: &str, recurse: bool) -> (Vec<Value>, i64) {
     if recurse {
-        let items: Vec<Value> = d
-            .kv
-            .range(key.to_string()..)
-            .take_while(|(k, _)| k.starts_with(key))
-            .map(|(k, e)| entry_json(k, e))
-            .collect();
+        let items: Vec<Value> =
+            d.kv.range(key.to_string()..)
+                .take_while(|(k, _)| k.starts_with(key))
+                .map(|(k, e)| entry_json(k, e))
+                .collect();
         (items, d.kv_index.max(1))
     } else {
         match d.kv.get(key) {
@@ -369,21 +373,28 @@ async fn kv_get(State(st): State<St>, Path(key): Path<String>, Query(q): Q) -> R
     }
 }
 
-async fn kv_put(State(st): State<St>, Path(key): Path<String>, Query(q): Q, body: Bytes) -> Response {
+async fn kv_put(
+    State(st): State<St>,
+    Path(key): Path<String>,
+    Query(q): Q,
+    body: Bytes,
+) -> Response {
     let ok = {
         let mut d = st.lock();
         let now = Instant::now();
         if let Some(sid) = q.get("acquire") {
             if !d.sessions.contains_key(sid) {
-                return (StatusCode::INTERNAL_SERVER_ERROR, format!("invalid session \"{sid}\""))
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("invalid session \"{sid}\""),
+                )
                     .into_response();
             }
             let delayed = d.lock_delays.get(&key).is_some_and(|t| *t > now);
-            let held_by_other = d
-                .kv
-                .get(&key)
-                .and_then(|e| e.session.as_ref())
-                .is_some_and(|s| s != sid);
+            let held_by_other =
+                d.kv.get(&key)
+                    .and_then(|e| e.session.as_ref())
+                    .is_some_and(|s| s != sid);
             if delayed || held_by_other {
                 false
             } else {
@@ -419,12 +430,11 @@ async fn kv_delete(State(st): State<St>, Path(key): Path<String>, Query(q): Q) -
     let ok = {
         let mut d = st.lock();
         if q.contains_key("recurse") {
-            let keys: Vec<String> = d
-                .kv
-                .keys()
-                .filter(|k| k.starts_with(&key))
-                .cloned()
-                .collect();
+            let keys: Vec<String> =
+                d.kv.keys()
+                    .filter(|k| k.starts_with(&key))
+                    .cloned()
+                    .collect();
             for k in keys {
                 d.delete(&k);
             }
@@ -454,7 +464,12 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 
 async fn session_create(State(st): State<St>, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-    let text = |n: &str| field(&v, n).and_then(Value::as_str).unwrap_or("").to_string();
+    let text = |n: &str| {
+        field(&v, n)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let ttl = match text("TTL").as_str() {
         "" => None,
         t => match parse_duration(t) {
@@ -468,11 +483,11 @@ async fn session_create(State(st): State<St>, body: Bytes) -> Response {
             }
         },
     };
-    if let Some(checks) = field(&v, "Checks").and_then(Value::as_array) {
-        if let Some(c) = checks.iter().find(|c| c.as_str() != Some("serfHealth")) {
-            let msg = format!("Missing check '{}' registration", c.as_str().unwrap_or("?"));
-            return (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response();
-        }
+    if let Some(checks) = field(&v, "Checks").and_then(Value::as_array)
+        && let Some(c) = checks.iter().find(|c| c.as_str() != Some("serfHealth"))
+    {
+        let msg = format!("Missing check '{}' registration", c.as_str().unwrap_or("?"));
+        return (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response();
     }
     let behavior = match text("Behavior").as_str() {
         "" => "release".to_string(),
@@ -480,7 +495,12 @@ async fn session_create(State(st): State<St>, body: Bytes) -> Response {
     };
     let lock_delay = parse_duration(&text("LockDelay")).unwrap_or(Duration::from_secs(15));
     let n = st.next_id.fetch_add(1, Ordering::SeqCst);
-    let id = format!("{:08x}-{:04x}-4000-8000-{:012x}", std::process::id(), n & 0xffff, n);
+    let id = format!(
+        "{:08x}-{:04x}-4000-8000-{:012x}",
+        std::process::id(),
+        n & 0xffff,
+        n
+    );
     let session = Session {
         name: text("Name"),
         ttl: ttl.unwrap_or_default(),
@@ -504,7 +524,11 @@ async fn session_renew(State(st): State<St>, Path(id): Path<String>) -> Response
                 "Behavior": s.behavior }]);
             axum::Json(body).into_response()
         }
-        None => (StatusCode::NOT_FOUND, format!("Session id '{id}' not found")).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("Session id '{id}' not found"),
+        )
+            .into_response(),
     }
 }
 
@@ -517,7 +541,13 @@ async fn session_destroy(State(st): State<St>, Path(id): Path<String>) -> Respon
 async fn service_register(State(st): State<St>, body: Bytes) -> Response {
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("Request decode failed: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("Request decode failed: {e}"),
+            )
+                .into_response();
+        }
     };
     let id = field(&v, "ID")
         .or_else(|| field(&v, "Name"))

@@ -195,11 +195,19 @@ async fn gate(
     next: axum::middleware::Next,
 ) -> Response {
     if st.down.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, [("connection", "close")], "").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("connection", "close")],
+            "",
+        )
+            .into_response();
     }
     if let Some(t) = &st.token {
         let expected = format!("Bearer {t}");
-        let given = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
         if given != Some(expected.as_str()) {
             return status(401, "Unauthorized", "Unauthorized");
         }
@@ -262,9 +270,13 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-fn patch_locked(d: &mut Data, key: &Key, patch: &Value) -> Result<Value, Response> {
+fn patch_locked(d: &mut Data, key: &Key, patch: &Value) -> Result<Value, Box<Response>> {
     let Some(current) = d.objects.get(key).cloned() else {
-        return Err(status(404, "NotFound", &format!("{} {:?} not found", key.1, key.2)));
+        return Err(Box::new(status(
+            404,
+            "NotFound",
+            &format!("{} {:?} not found", key.1, key.2),
+        )));
     };
     if let Some(want) = patch["metadata"]["resourceVersion"].as_str()
         && current["metadata"]["resourceVersion"].as_str() != Some(want)
@@ -274,7 +286,7 @@ fn patch_locked(d: &mut Data, key: &Key, patch: &Value) -> Result<Value, Respons
              please apply your changes to the latest version and try again",
             key.1, key.2
         );
-        return Err(status(409, "Conflict", &msg));
+        return Err(Box::new(status(409, "Conflict", &msg)));
     }
     let mut obj = current;
     merge(&mut obj, patch);
@@ -314,7 +326,10 @@ async fn list_or_watch(
 }
 
 fn watch(st: St, ns: String, kind: String, q: HashMap<String, String>) -> Response {
-    let mut from: i64 = q.get("resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
+    let mut from: i64 = q
+        .get("resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
@@ -377,7 +392,10 @@ async fn create(
     (StatusCode::CREATED, axum::Json(created)).into_response()
 }
 
-async fn read(State(st): State<St>, Path((ns, kind, name)): Path<(String, String, String)>) -> Response {
+async fn read(
+    State(st): State<St>,
+    Path((ns, kind, name)): Path<(String, String, String)>,
+) -> Response {
     match st.lock().objects.get(&(ns, kind.clone(), name.clone())) {
         Some(o) => axum::Json(o.clone()).into_response(),
         None => status(404, "NotFound", &format!("{kind} {name:?} not found")),
@@ -397,7 +415,13 @@ async fn patch(
     if !ct.starts_with("application/merge-patch+json")
         && !ct.starts_with("application/strategic-merge-patch+json")
     {
-        return status(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json; got {ct:?}"));
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json; got {ct:?}"
+            ),
+        );
     }
     let Ok(p) = serde_json::from_slice::<Value>(&body) else {
         return status(400, "BadRequest", "invalid JSON");
@@ -406,11 +430,14 @@ async fn patch(
     st.changed.notify_waiters();
     match result {
         Ok(o) => axum::Json(o).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
-async fn delete_one(State(st): State<St>, Path((ns, kind, name)): Path<(String, String, String)>) -> Response {
+async fn delete_one(
+    State(st): State<St>,
+    Path((ns, kind, name)): Path<(String, String, String)>,
+) -> Response {
     let gone = delete_locked(&mut st.lock(), &(ns, kind.clone(), name.clone()));
     st.changed.notify_waiters();
     match gone {

@@ -93,7 +93,12 @@ pub(super) struct Http {
 }
 
 impl Http {
-    pub fn new(client: reqwest::Client, base: Url, token: Option<String>, dc: Option<String>) -> Http {
+    pub fn new(
+        client: reqwest::Client,
+        base: Url,
+        token: Option<String>,
+        dc: Option<String>,
+    ) -> Http {
         Http {
             client,
             base,

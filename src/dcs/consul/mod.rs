@@ -71,7 +71,9 @@ impl ConsulDcs {
         ttl: Duration,
         retry_timeout: Duration,
     ) -> Result<ConsulDcs, DcsError> {
-        let ep = cfg.endpoint().map_err(|m| DcsError::Rejected(format!("consul: {m}")))?;
+        let ep = cfg
+            .endpoint()
+            .map_err(|m| DcsError::Rejected(format!("consul: {m}")))?;
         if ep.scheme == "https" {
             return Err(DcsError::Rejected(
                 "consul: https is not supported by this build; reach the local agent over http"
@@ -142,7 +144,10 @@ impl ConsulDcs {
     fn deadline(&self) -> (Instant, Duration) {
         let budget = self.settings().retry_timeout;
         // As upstream: one read may take a third of the budget, leaving room to retry.
-        (Instant::now() + budget, (budget / 3).max(Duration::from_millis(500)))
+        (
+            Instant::now() + budget,
+            (budget / 3).max(Duration::from_millis(500)),
+        )
     }
 
     fn key(&self, rel: &str) -> String {
@@ -200,7 +205,10 @@ impl ConsulDcs {
 
     async fn put_simple(&self, rel: &str, value: &str, version: Option<i64>) -> DcsResult<bool> {
         let (deadline, _) = self.deadline();
-        let query: Vec<(&str, String)> = version.map(|v| ("cas", v.to_string())).into_iter().collect();
+        let query: Vec<(&str, String)> = version
+            .map(|v| ("cas", v.to_string()))
+            .into_iter()
+            .collect();
         Ok(self.kv_put(rel, value, &query, deadline).await?)
     }
 
@@ -360,14 +368,16 @@ fn parse_entries(resp: &Resp) -> Result<Vec<KvEntry>, OpError> {
 /// Consul sessions are UUIDs; the snapshot types carry an integer, so we take the UUID's
 /// first 64 bits (unique enough to tell two sessions apart).
 pub fn session_number(id: &str) -> i64 {
-    let hex: String = id.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
     match u64::from_str_radix(&hex, 16) {
         Ok(n) if hex.len() == 16 => n as i64,
-        _ => id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            }) as i64,
+        _ => id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) as i64,
     }
 }
 

@@ -158,8 +158,10 @@ impl Dcs for ConsulDcs {
 
     async fn delete_sync_state(&self, version: Option<i64>) -> DcsResult<bool> {
         let (deadline, _) = self.deadline();
-        let query: Vec<(&str, String)> =
-            version.map(|v| ("cas", v.to_string())).into_iter().collect();
+        let query: Vec<(&str, String)> = version
+            .map(|v| ("cas", v.to_string()))
+            .into_iter()
+            .collect();
         Ok(self.kv_delete(keys::SYNC, &query, deadline).await?)
     }
 
@@ -223,7 +225,11 @@ struct LeaderWatch {
 
 impl ConsulDcs {
     /// One blocking query on the leader key. `Some(changed)` ends the watch.
-    async fn watch_once(&self, w: &mut LeaderWatch, remaining: Duration) -> DcsResult<Option<bool>> {
+    async fn watch_once(
+        &self,
+        w: &mut LeaderWatch,
+        remaining: Duration,
+    ) -> DcsResult<Option<bool>> {
         let key = self.key(keys::LEADER);
         let mut path = vec!["v1", "kv"];
         path.extend(key.split('/'));
@@ -293,7 +299,12 @@ impl ConsulDcs {
 
     /// Write our member key held by our session. A key still held by an older session of
     /// ours (after a TTL change or expiry) cannot be acquired: delete it and write anew.
-    async fn put_member(&self, value: &str, sid: String, deadline: Instant) -> Result<bool, OpError> {
+    async fn put_member(
+        &self,
+        value: &str,
+        sid: String,
+        deadline: Instant,
+    ) -> Result<bool, OpError> {
         let rel = keys::member_key(&self.name);
         let acquire = [("acquire", sid)];
         if self.kv_put(&rel, value, &acquire, deadline).await? {
@@ -306,7 +317,9 @@ impl ConsulDcs {
     /// Register, re-register or deregister our service when what it should be changed.
     /// Failures are logged, never fatal, as upstream.
     async fn update_service(&self, data: &MemberData, deadline: Instant) {
-        let Some(settings) = &self.service else { return };
+        let Some(settings) = &self.service else {
+            return;
+        };
         let Some(action) = service::desired(settings, data, self.session_ttl().as_secs_f64())
         else {
             return;
@@ -327,7 +340,10 @@ impl ConsulDcs {
             }
             ServiceAction::Deregister(id) => {
                 tracing::info!("Deregister service {id}");
-                Req::new(Method::PUT, vec!["v1", "agent", "service", "deregister", id])
+                Req::new(
+                    Method::PUT,
+                    vec!["v1", "agent", "service", "deregister", id],
+                )
             }
         };
         let ok = match self.call("service registration", req, deadline).await {

@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(body["Tags"], json!(["dc1", "primary", "master"]));
         assert_eq!(body["Check"]["HTTP"], "http://10.0.0.1:8008/primary");
         assert_eq!(body["Check"]["DeregisterCriticalServiceAfter"], "150s");
-        assert_eq!((body["Address"].as_str(), body["Port"].as_u64()), (Some("10.0.0.1"), Some(5432)));
+        assert_eq!(
+            (body["Address"].as_str(), body["Port"].as_u64()),
+            (Some("10.0.0.1"), Some(5432))
+        );
         let Some(ServiceAction::Register(body)) = desired(
             &settings(),
             &member(Role::StandbyLeader, PgState::Running),
@@ -155,7 +158,11 @@ mod tests {
             None
         );
         assert_eq!(
-            desired(&settings(), &member(Role::Uninitialized, PgState::Running), 15.0),
+            desired(
+                &settings(),
+                &member(Role::Uninitialized, PgState::Running),
+                15.0
+            ),
             None
         );
     }

@@ -26,20 +26,31 @@ impl ApiServer {
     /// the kubeconfig (`$KUBECONFIG` or `~/.kube/config`), `context` or its current context.
     pub fn discover(context: Option<&str>) -> Result<ApiServer, DcsError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        if let (Some(host), Some(port)) = (env("KUBERNETES_SERVICE_HOST"), env("KUBERNETES_SERVICE_PORT")) {
+        if let (Some(host), Some(port)) = (
+            env("KUBERNETES_SERVICE_HOST"),
+            env("KUBERNETES_SERVICE_PORT"),
+        ) {
             let token = std::fs::read_to_string(SERVICE_TOKEN_FILE).ok();
-            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
             return Self::from_parts(&format!("https://{host}:{port}"), token);
         }
         let path = env("KUBECONFIG").unwrap_or_else(|| {
-            format!("{}/.kube/config", env("HOME").unwrap_or_else(|| "/root".into()))
+            format!(
+                "{}/.kube/config",
+                env("HOME").unwrap_or_else(|| "/root".into())
+            )
         });
         Self::from_kubeconfig(Path::new(&path), context)
     }
 
     pub fn from_parts(server: &str, token: Option<String>) -> Result<ApiServer, DcsError> {
-        let base = Url::parse(server.trim_end_matches('/'))
-            .map_err(|e| DcsError::Rejected(format!("kubernetes: bad API server URL {server:?}: {e}")))?;
+        let base = Url::parse(server.trim_end_matches('/')).map_err(|e| {
+            DcsError::Rejected(format!("kubernetes: bad API server URL {server:?}: {e}"))
+        })?;
         if base.scheme() == "https" {
             return Err(DcsError::Rejected(format!(
                 "kubernetes: the API server {server} needs TLS, which this build does not include; \
@@ -48,12 +59,16 @@ impl ApiServer {
         }
         Ok(ApiServer {
             base,
-            token: token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+            token: token
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
         })
     }
 
     fn from_kubeconfig(path: &Path, context: Option<&str>) -> Result<ApiServer, DcsError> {
-        let bad = |m: String| DcsError::Rejected(format!("kubernetes: kubeconfig {}: {m}", path.display()));
+        let bad = |m: String| {
+            DcsError::Rejected(format!("kubernetes: kubeconfig {}: {m}", path.display()))
+        };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let doc: Value = serde_yaml_ng::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let ctx_name = context
@@ -67,7 +82,8 @@ impl ApiServer {
                 .find(|c| c["name"].as_str() == Some(name))
                 .map(|c| c[section.trim_end_matches('s')].clone())
         };
-        let ctx = by_name("contexts", &ctx_name).ok_or_else(|| bad(format!("no context {ctx_name:?}")))?;
+        let ctx = by_name("contexts", &ctx_name)
+            .ok_or_else(|| bad(format!("no context {ctx_name:?}")))?;
         let cluster_name = ctx["cluster"].as_str().unwrap_or_default();
         let cluster = by_name("clusters", cluster_name)
             .ok_or_else(|| bad(format!("no cluster {cluster_name:?}")))?;
@@ -188,10 +204,13 @@ impl Api {
                 Err(e) => last = Some(describe(&e)),
             }
             tracing::debug!("kubernetes {what} failed, retrying: {last:?}");
-            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
         }
         Err(ApiError::Dcs(match last {
-            Some(m) => DcsError::Unreachable(format!("kubernetes {what} ({}): {m}", self.server.base)),
+            Some(m) => {
+                DcsError::Unreachable(format!("kubernetes {what} ({}): {m}", self.server.base))
+            }
             None => DcsError::Timeout(Duration::ZERO),
         }))
     }

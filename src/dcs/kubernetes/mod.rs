@@ -109,7 +109,11 @@ impl KubernetesDcs {
             api: Api::new(server, &retriable)?,
             namespace: cfg.namespace(),
             name: name.to_string(),
-            kind: if use_endpoints { "endpoints" } else { "configmaps" },
+            kind: if use_endpoints {
+                "endpoints"
+            } else {
+                "configmaps"
+            },
             labels,
             selector,
             names: Names {
@@ -183,7 +187,9 @@ impl KubernetesDcs {
             o.record = record;
             o.since = Some(Instant::now());
         }
-        obj.is_some() && o.since.is_some_and(|t| t.elapsed() <= Duration::from_secs(ttl))
+        obj.is_some()
+            && o.since
+                .is_some_and(|t| t.elapsed() <= Duration::from_secs(ttl))
     }
 
     /// The labels and annotations every object we create carries.
@@ -276,7 +282,8 @@ fn nodes_from_objects(
         }
     }
     if let Some(l) = by_name(&names.leader) {
-        if leader_valid && let (Some(name), Some(term)) = (annotation(l, "leader"), term_version(l)) {
+        if leader_valid && let (Some(name), Some(term)) = (annotation(l, "leader"), term_version(l))
+        {
             let ttl = annotation(l, "ttl").and_then(|t| t.parse().ok());
             push(keys::LEADER, name.to_string(), term, ttl);
         }
@@ -300,7 +307,9 @@ fn nodes_from_objects(
         push(keys::SYNC, value.to_string(), v, None);
     }
     for pod in pods {
-        let (Some(name), Some(status)) = (pod["metadata"]["name"].as_str(), annotation(pod, "status")) else {
+        let (Some(name), Some(status)) =
+            (pod["metadata"]["name"].as_str(), annotation(pod, "status"))
+        else {
             continue;
         };
         let v = version_number(resource_version(pod));
@@ -319,7 +328,9 @@ fn annotations_json(obj: &Value, strings: &[&str], ints: &[&str]) -> Value {
     }
     for k in ints {
         if let Some(a) = annotation(obj, k) {
-            let v = a.parse::<i64>().map_or_else(|_| Value::from(a), Value::from);
+            let v = a
+                .parse::<i64>()
+                .map_or_else(|_| Value::from(a), Value::from);
             m.insert(k.to_string(), v);
         }
     }
@@ -336,7 +347,10 @@ fn status_json(obj: &Value) -> Option<String> {
     }
     let mut m = Map::new();
     if let Some(o) = optime {
-        let v = o.trim().parse::<u64>().map_or_else(|_| Value::from(o), Value::from);
+        let v = o
+            .trim()
+            .parse::<u64>()
+            .map_or_else(|_| Value::from(o), Value::from);
         m.insert("optime".into(), v);
     }
     for (k, a) in [("slots", slots), ("retain_slots", retain)] {
@@ -370,17 +384,30 @@ mod tests {
     #[test]
     fn objects_become_upstream_keys() {
         let objects = vec![
-            obj("b-config", "10", json!({"initialize": "7301", "config": "{\"ttl\":30}"})),
-            obj("b-leader", "11", json!({"leader": "pg0", "ttl": "30", "acquireTime": "t0",
-                "optime": "1234", "slots": "{\"pg1\":1000}"})),
+            obj(
+                "b-config",
+                "10",
+                json!({"initialize": "7301", "config": "{\"ttl\":30}"}),
+            ),
+            obj(
+                "b-leader",
+                "11",
+                json!({"leader": "pg0", "ttl": "30", "acquireTime": "t0",
+                "optime": "1234", "slots": "{\"pg1\":1000}"}),
+            ),
             obj("b-failover", "12", json!({"member": "pg1"})),
-            obj("b-sync", "13", json!({"leader": "pg0", "sync_standby": "pg1", "quorum": "1"})),
+            obj(
+                "b-sync",
+                "13",
+                json!({"leader": "pg0", "sync_standby": "pg1", "quorum": "1"}),
+            ),
         ];
         let pods = vec![
             obj("pg0", "20", json!({"status": "{\"role\":\"primary\"}"})),
             obj("pg9", "21", json!({})),
         ];
-        let c = crate::dcs::Cluster::from_nodes(&nodes_from_objects(&names(), &objects, &pods, true));
+        let c =
+            crate::dcs::Cluster::from_nodes(&nodes_from_objects(&names(), &objects, &pods, true));
         assert!(c.parse_warnings.is_empty(), "{:?}", c.parse_warnings);
         assert_eq!(c.initialize.as_deref(), Some("7301"));
         assert_eq!(c.config.as_ref().unwrap().version, 10);
@@ -392,15 +419,24 @@ mod tests {
         assert_eq!(c.sync.as_ref().unwrap().quorum, Some(1));
         assert_eq!(c.members.len(), 1, "pods without status are not members");
 
-        let c = crate::dcs::Cluster::from_nodes(&nodes_from_objects(&names(), &objects, &pods, false));
+        let c =
+            crate::dcs::Cluster::from_nodes(&nodes_from_objects(&names(), &objects, &pods, false));
         assert!(c.leader.is_none(), "an expired record is no leader");
         assert_eq!(c.status.optime, Some(1234));
     }
 
     #[test]
     fn renewal_keeps_the_term() {
-        let a = obj("l", "1", json!({"leader": "pg0", "acquireTime": "t0", "renewTime": "t1"}));
-        let b = obj("l", "2", json!({"leader": "pg0", "acquireTime": "t0", "renewTime": "t2"}));
+        let a = obj(
+            "l",
+            "1",
+            json!({"leader": "pg0", "acquireTime": "t0", "renewTime": "t1"}),
+        );
+        let b = obj(
+            "l",
+            "2",
+            json!({"leader": "pg0", "acquireTime": "t0", "renewTime": "t2"}),
+        );
         let c = obj("l", "3", json!({"leader": "pg1", "acquireTime": "t3"}));
         assert_eq!(term_version(&a), term_version(&b));
         assert_ne!(term_version(&a), term_version(&c));

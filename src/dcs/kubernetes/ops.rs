@@ -29,7 +29,10 @@ fn status_annotations(s: &Status) -> Map<String, Value> {
         ("optime", s.optime.map(|o| o.to_string())),
         (
             "slots",
-            json_or_null(s.slots.is_empty(), serde_json::to_string(&s.slots).unwrap_or_default()),
+            json_or_null(
+                s.slots.is_empty(),
+                serde_json::to_string(&s.slots).unwrap_or_default(),
+            ),
         ),
         (
             "retain_slots",
@@ -58,15 +61,23 @@ fn failover_annotations(value: &str) -> DcsResult<Map<String, Value>> {
         _ if value.contains(':') => {
             let (l, m) = value.split_once(':').unwrap_or_default();
             let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
-            Ok(ann(&[("leader", some(l)), ("member", some(m)), ("scheduled_at", None)]))
+            Ok(ann(&[
+                ("leader", some(l)),
+                ("member", some(m)),
+                ("scheduled_at", None),
+            ]))
         }
-        _ => Err(DcsError::Rejected(format!("failover value is not JSON: {value:?}"))),
+        _ => Err(DcsError::Rejected(format!(
+            "failover value is not JSON: {value:?}"
+        ))),
     }
 }
 
 fn sync_annotations(value: &str) -> DcsResult<Map<String, Value>> {
     let Ok(Value::Object(m)) = serde_json::from_str::<Value>(value) else {
-        return Err(DcsError::Rejected(format!("sync value is not a JSON object: {value:?}")));
+        return Err(DcsError::Rejected(format!(
+            "sync value is not a JSON object: {value:?}"
+        )));
     };
     let text = |k: &str| match m.get(k) {
         None | Some(Value::Null) => None,
@@ -81,11 +92,19 @@ fn sync_annotations(value: &str) -> DcsResult<Map<String, Value>> {
 }
 
 impl KubernetesDcs {
-    async fn list(&self, kind: &str, extra: &[(&str, String)], deadline: Instant) -> DcsResult<Value> {
+    async fn list(
+        &self,
+        kind: &str,
+        extra: &[(&str, String)],
+        deadline: Instant,
+    ) -> DcsResult<Value> {
         let mut query = vec![("labelSelector", self.selector.clone())];
         query.extend(extra.iter().cloned());
         let url = self.api.url(&self.namespace, kind, None, &query);
-        Ok(self.api.call(kind, Method::GET, url, None, deadline).await?)
+        Ok(self
+            .api
+            .call(kind, Method::GET, url, None, deadline)
+            .await?)
     }
 
     async fn get(&self, name: &str, deadline: Instant) -> DcsResult<Option<Value>> {
@@ -109,7 +128,11 @@ impl KubernetesDcs {
             .filter(|(_, v)| !v.is_null())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let kind = if self.kind == "endpoints" { "Endpoints" } else { "ConfigMap" };
+        let kind = if self.kind == "endpoints" {
+            "Endpoints"
+        } else {
+            "ConfigMap"
+        };
         let mut body = json!({
             "apiVersion": "v1",
             "kind": kind,
@@ -119,7 +142,9 @@ impl KubernetesDcs {
             body["subsets"] = s;
         }
         let url = self.api.url(&self.namespace, self.kind, None, &[]);
-        self.api.call(name, Method::POST, url, Some(&body), deadline).await
+        self.api
+            .call(name, Method::POST, url, Some(&body), deadline)
+            .await
     }
 
     /// Merge-patch `name`'s annotations (null removes one); with `rv`, only if unchanged.
@@ -136,7 +161,9 @@ impl KubernetesDcs {
             body["subsets"] = s;
         }
         let url = self.api.url(&self.namespace, self.kind, Some(name), &[]);
-        self.api.call(name, Method::PATCH, url, Some(&body), deadline).await
+        self.api
+            .call(name, Method::PATCH, url, Some(&body), deadline)
+            .await
     }
 
     /// Upstream's patch_or_create: with `version`, a compare-and-set on resourceVersion;
@@ -150,7 +177,10 @@ impl KubernetesDcs {
         let deadline = self.deadline();
         if let Some(v) = version {
             let rv = v.to_string();
-            return match self.patch(name, &annotations, Some(&rv), None, deadline).await {
+            return match self
+                .patch(name, &annotations, Some(&rv), None, deadline)
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(ApiError::Conflict | ApiError::NotFound) => Ok(false),
                 Err(e) => Err(e.into()),
@@ -181,7 +211,10 @@ impl KubernetesDcs {
             ("ttl", Some(self.ttl_secs().to_string())),
             ("renewTime", Some(now.clone())),
             ("acquireTime", Some(keep("acquireTime").unwrap_or(now))),
-            ("transitions", Some(keep("transitions").unwrap_or_else(|| "0".into()))),
+            (
+                "transitions",
+                Some(keep("transitions").unwrap_or_else(|| "0".into())),
+            ),
         ])
     }
 
@@ -196,7 +229,9 @@ impl KubernetesDcs {
             .get("ttl")
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or_else(|| self.ttl_secs());
-        holder != &self.name && o.since.is_some_and(|t| t.elapsed() <= Duration::from_secs(ttl))
+        holder != &self.name
+            && o.since
+                .is_some_and(|t| t.elapsed() <= Duration::from_secs(ttl))
     }
 
     fn we_lead(&self) -> bool {
@@ -221,11 +256,13 @@ impl KubernetesDcs {
             let written = match &current {
                 None => {
                     tracing::warn!("the leader object vanished; creating it again");
-                    self.create(&self.names.leader, &annotations, subsets, deadline).await
+                    self.create(&self.names.leader, &annotations, subsets, deadline)
+                        .await
                 }
                 Some(o) => {
                     let rv = resource_version(o);
-                    self.patch(&self.names.leader, &annotations, rv, subsets, deadline).await
+                    self.patch(&self.names.leader, &annotations, rv, subsets, deadline)
+                        .await
                 }
             };
             match written {
@@ -335,8 +372,14 @@ impl Dcs for KubernetesDcs {
         let deadline = self.deadline();
         let name = &self.names.leader;
         let written = match observed.resource_version.as_deref() {
-            Some(rv) => self.patch(name, &annotations, Some(rv), self.subsets(false), deadline).await,
-            None => self.create(name, &annotations, self.subsets(false), deadline).await,
+            Some(rv) => {
+                self.patch(name, &annotations, Some(rv), self.subsets(false), deadline)
+                    .await
+            }
+            None => {
+                self.create(name, &annotations, self.subsets(false), deadline)
+                    .await
+            }
         };
         match written {
             Ok(obj) => {
@@ -369,7 +412,13 @@ impl Dcs for KubernetesDcs {
         }
         let rv = resource_version(&current);
         match self
-            .patch(&self.names.leader, &annotations, rv, self.subsets(false), deadline)
+            .patch(
+                &self.names.leader,
+                &annotations,
+                rv,
+                self.subsets(false),
+                deadline,
+            )
             .await
         {
             Ok(obj) => {
@@ -412,7 +461,9 @@ impl Dcs for KubernetesDcs {
     async fn initialize(&self, create_new: bool, sysid: &str) -> DcsResult<bool> {
         let annotations = ann(&[("initialize", Some(sysid.to_string()))]);
         if !create_new {
-            return self.patch_or_create(&self.names.config, annotations, None).await;
+            return self
+                .patch_or_create(&self.names.config, annotations, None)
+                .await;
         }
         let deadline = self.deadline();
         let name = &self.names.config;
@@ -434,7 +485,13 @@ impl Dcs for KubernetesDcs {
     async fn cancel_initialization(&self) -> DcsResult<bool> {
         let annotations = ann(&[("initialize", None)]);
         match self
-            .patch(&self.names.config, &annotations, None, None, self.deadline())
+            .patch(
+                &self.names.config,
+                &annotations,
+                None,
+                None,
+                self.deadline(),
+            )
             .await
         {
             Ok(_) | Err(ApiError::NotFound) => Ok(true),
@@ -507,7 +564,10 @@ impl Dcs for KubernetesDcs {
         let deadline = Instant::now() + timeout;
         let mut answered = false;
         loop {
-            let err = match self.watch_attempt(leader_version, deadline, &mut answered).await {
+            let err = match self
+                .watch_attempt(leader_version, deadline, &mut answered)
+                .await
+            {
                 Ok(Some(changed)) => return Ok(changed),
                 Ok(None) => None,
                 Err(e) => Some(e),
@@ -535,8 +595,13 @@ impl KubernetesDcs {
         deadline: Instant,
         answered: &mut bool,
     ) -> DcsResult<Option<bool>> {
-        let field = ("fieldSelector", format!("metadata.name={}", self.names.leader));
-        let list = self.list(self.kind, std::slice::from_ref(&field), deadline).await?;
+        let field = (
+            "fieldSelector",
+            format!("metadata.name={}", self.names.leader),
+        );
+        let list = self
+            .list(self.kind, std::slice::from_ref(&field), deadline)
+            .await?;
         *answered = true;
         let current = list["items"].as_array().and_then(|i| i.first().cloned());
         // A change that happened before the watch started counts at once.
@@ -553,7 +618,10 @@ impl KubernetesDcs {
             ("timeoutSeconds", remaining.as_secs().max(1).to_string()),
         ];
         let url = self.api.url(&self.namespace, self.kind, None, &query);
-        let mut resp = self.api.watch(url, remaining + Duration::from_secs(1)).await?;
+        let mut resp = self
+            .api
+            .watch(url, remaining + Duration::from_secs(1))
+            .await?;
         let mut buf: Vec<u8> = Vec::new();
         loop {
             let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
