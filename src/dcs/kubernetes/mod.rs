@@ -17,6 +17,7 @@
 //! "version" identifies the leadership term (holder + acquireTime), because a renewal
 //! rewrites the object but is no change of leader; its "session" is the record's `ttl`.
 
+mod annotations;
 mod api;
 mod ops;
 
