@@ -163,20 +163,48 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
 
 async fn connect_dcs(cfg: &Config) -> Result<Arc<dyn patroni::dcs::Dcs>> {
     let dynamic = patroni::config::dynamic::DynamicConfig::from_map(&cfg.bootstrap.dcs).0;
-    let Some(etcd) = cfg.etcd3.as_ref() else {
-        bail!("no supported DCS section: configure `etcd3:` (hosts of your etcd v3 cluster)");
-    };
-    let d = patroni::dcs::etcd3::Etcd3Dcs::connect(
-        etcd,
-        &cfg.namespace,
-        &cfg.scope,
-        &cfg.name,
-        Duration::from_secs(dynamic.ttl),
-        Duration::from_secs(dynamic.retry_timeout),
-    )
-    .await
-    .context("connecting to etcd")?;
-    Ok(Arc::new(d))
+    let ttl = Duration::from_secs(dynamic.ttl);
+    let retry_timeout = Duration::from_secs(dynamic.retry_timeout);
+    if let Some(etcd) = cfg.etcd3.as_ref() {
+        let d = patroni::dcs::etcd3::Etcd3Dcs::connect(
+            etcd,
+            &cfg.namespace,
+            &cfg.scope,
+            &cfg.name,
+            ttl,
+            retry_timeout,
+        )
+        .await
+        .context("connecting to etcd")?;
+        return Ok(Arc::new(d));
+    }
+    if let Some(consul) = cfg.consul.as_ref() {
+        let d = patroni::dcs::consul::ConsulDcs::new(
+            consul,
+            &cfg.namespace,
+            &cfg.scope,
+            &cfg.name,
+            ttl,
+            retry_timeout,
+        )
+        .context("setting up the Consul client")?;
+        return Ok(Arc::new(d));
+    }
+    if let Some(k8s) = cfg.kubernetes.as_ref() {
+        let server = patroni::dcs::kubernetes::ApiServer::discover(k8s.context.as_deref())
+            .context("finding the Kubernetes API server")?;
+        let d = patroni::dcs::kubernetes::KubernetesDcs::new(
+            k8s,
+            server,
+            &cfg.scope,
+            &cfg.name,
+            ttl,
+            retry_timeout,
+        )
+        .context("setting up the Kubernetes client")?;
+        return Ok(Arc::new(d));
+    }
+    bail!("no supported DCS section: configure `etcd3:`, `consul:` or `kubernetes:`");
 }
 
 async fn wait_for_termination() {

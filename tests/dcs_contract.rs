@@ -3,12 +3,16 @@
 
 mod support;
 
+use patroni::dcs::consul::ConsulDcs;
 use patroni::dcs::etcd3::Etcd3Dcs;
+use patroni::dcs::kubernetes::{ApiServer, KubernetesDcs};
 use patroni::dcs::mem::{MemDcs, MemStore};
 use patroni::dcs::{Dcs, DcsResult, MemberData, PgState, Role, Status};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::consul::ConsulFixture;
 use support::etcd::Etcd;
+use support::kube::KubeFixture;
 
 const NAMESPACE: &str = "/service/";
 const SCOPE: &str = "batman";
@@ -30,6 +34,11 @@ trait Backend {
     async fn delete_raw(&self, rel: &str);
     fn stop(&self);
     fn restart(&self);
+    /// Whether member keys are attached to the member's lease/session. Kubernetes has no
+    /// such thing: members are Pods, which live and die with the pod, not with a lease.
+    fn member_leases(&self) -> bool {
+        true
+    }
 }
 
 struct MemBackend {
@@ -140,6 +149,204 @@ impl Backend for EtcdBackend {
     }
     fn restart(&self) {
         tokio::task::block_in_place(|| self.etcd.lock().unwrap().restart());
+    }
+}
+
+/// Consul: the in-process fixture of the agent's HTTP API (no Consul binary here).
+struct ConsulBackend {
+    fx: ConsulFixture,
+    cfg: patroni::config::ConsulConfig,
+}
+
+const CONSUL_PREFIX: &str = "service/batman/";
+
+impl ConsulBackend {
+    async fn start() -> ConsulBackend {
+        // As a test agent would be configured: session_ttl_min lowered to allow short TTLs.
+        let fx = ConsulFixture::start(Some("s3cret"), Duration::from_secs(1)).await;
+        let cfg = serde_json::from_value(serde_json::json!({
+            "host": format!("127.0.0.1:{}", fx.port),
+            "token": "s3cret",
+        }))
+        .unwrap();
+        ConsulBackend { fx, cfg }
+    }
+}
+
+impl Backend for ConsulBackend {
+    type D = ConsulDcs;
+    async fn member(&self, name: &str) -> ConsulDcs {
+        ConsulDcs::new(
+            &self.cfg,
+            NAMESPACE,
+            SCOPE,
+            name,
+            self.ttl(),
+            self.retry_timeout(),
+        )
+        .expect("consul client")
+    }
+    fn ttl(&self) -> Duration {
+        // Session TTL 1 s: the test agent's session_ttl_min.
+        Duration::from_secs(2)
+    }
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    async fn pass(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+    async fn put_raw(&self, rel: &str, value: &str) {
+        self.fx.put_raw(&format!("{CONSUL_PREFIX}{rel}"), value);
+    }
+    async fn get_raw(&self, rel: &str) -> Option<String> {
+        self.fx.get_raw(&format!("{CONSUL_PREFIX}{rel}"))
+    }
+    async fn delete_raw(&self, rel: &str) {
+        self.fx.delete_raw(&format!("{CONSUL_PREFIX}{rel}"));
+    }
+    fn stop(&self) {
+        self.fx.stop();
+    }
+    fn restart(&self) {
+        self.fx.restart();
+    }
+}
+
+/// Kubernetes: the in-process fixture of the API server (no API server binary here).
+/// Relative keys map to upstream's objects: `config`/`history`/`initialize` are annotations
+/// of `batman-config`, `leader`/`status`/`failsafe` of `batman-leader`, members are Pods.
+struct KubeBackend {
+    fx: KubeFixture,
+    cfg: patroni::config::KubernetesConfig,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+const K8S_NS: &str = "default";
+
+impl KubeBackend {
+    async fn start() -> KubeBackend {
+        let fx = KubeFixture::start(Some("t0ken")).await;
+        let cfg: patroni::config::KubernetesConfig =
+            serde_json::from_value(serde_json::json!({"labels": {"application": "patroni"}}))
+                .unwrap();
+        let labels = cfg.selector_labels(SCOPE);
+        KubeBackend { fx, cfg, labels }
+    }
+
+    /// Which object and annotation hold a relative key.
+    fn location(rel: &str) -> (&'static str, &'static str) {
+        match rel {
+            "config" | "history" | "initialize" => ("batman-config", "config"),
+            "failover" => ("batman-failover", ""),
+            "sync" => ("batman-sync", ""),
+            _ => ("batman-leader", "leader"),
+        }
+    }
+
+    fn annotate(&self, object: &str, key: &str, value: Option<&str>) {
+        self.fx
+            .annotate(K8S_NS, "configmaps", object, &self.labels, key, value);
+    }
+
+    fn annotation(&self, object: &str, key: &str) -> Option<String> {
+        let o = self.fx.object(K8S_NS, "configmaps", object)?;
+        o["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+impl Backend for KubeBackend {
+    type D = KubernetesDcs;
+    async fn member(&self, name: &str) -> KubernetesDcs {
+        self.fx.add_pod(K8S_NS, name, &self.labels);
+        let server = ApiServer::from_parts(&self.fx.url(), Some("t0ken".into())).unwrap();
+        KubernetesDcs::new(
+            &self.cfg,
+            server,
+            SCOPE,
+            name,
+            self.ttl(),
+            self.retry_timeout(),
+        )
+        .expect("kubernetes client")
+    }
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    async fn pass(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+    async fn put_raw(&self, rel: &str, value: &str) {
+        if let Some(member) = rel.strip_prefix("members/") {
+            // A pod name cannot contain '/': such a key cannot exist in Kubernetes.
+            if !member.contains('/') {
+                self.fx.add_pod(K8S_NS, member, &self.labels);
+                self.fx
+                    .annotate(K8S_NS, "pods", member, &self.labels, "status", Some(value));
+            }
+            return;
+        }
+        let (object, _) = Self::location(rel);
+        let fields = serde_json::from_str::<serde_json::Value>(value)
+            .ok()
+            .and_then(|v| v.as_object().cloned());
+        match (rel, fields) {
+            ("status" | "failover" | "sync", Some(m)) => {
+                for (k, v) in m {
+                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    self.annotate(object, &k, Some(&text));
+                }
+            }
+            // Not an object: what one annotation of that object would hold.
+            ("status", None) => self.annotate(object, "optime", Some(value)),
+            ("failover", None) => self.annotate(object, "member", Some(value)),
+            ("sync", None) => self.annotate(object, "sync_standby", Some(value)),
+            _ => self.annotate(object, rel, Some(value)),
+        }
+    }
+    async fn get_raw(&self, rel: &str) -> Option<String> {
+        if let Some(member) = rel.strip_prefix("members/") {
+            let pod = self.fx.object(K8S_NS, "pods", member)?;
+            return pod["metadata"]["annotations"]["status"]
+                .as_str()
+                .map(str::to_string);
+        }
+        if rel == "status" {
+            let mut m = serde_json::Map::new();
+            let optime = self.annotation("batman-leader", "optime")?;
+            m.insert("optime".into(), optime.parse::<u64>().ok()?.into());
+            for k in ["slots", "retain_slots"] {
+                if let Some(v) = self.annotation("batman-leader", k) {
+                    m.insert(k.into(), serde_json::from_str(&v).ok()?);
+                }
+            }
+            return Some(serde_json::Value::Object(m).to_string());
+        }
+        let (object, _) = Self::location(rel);
+        self.annotation(object, rel)
+    }
+    async fn delete_raw(&self, rel: &str) {
+        let (object, _) = Self::location(rel);
+        if rel == "leader" {
+            // The leader "key" vanishing is its object being deleted.
+            self.fx.delete(K8S_NS, "configmaps", object);
+        } else {
+            self.annotate(object, rel, None);
+        }
+    }
+    fn stop(&self) {
+        self.fx.stop();
+    }
+    fn restart(&self) {
+        self.fx.restart();
+    }
+    fn member_leases(&self) -> bool {
+        false
     }
 }
 
@@ -313,7 +520,9 @@ async fn members_round_trip<B: Backend>(b: &B) {
     let c = y.get_cluster().await.unwrap();
     let m = c.member("pg0").expect("member key visible to others");
     assert_eq!(m.data, data);
-    assert!(m.session.is_some(), "member key carries the member's lease");
+    if b.member_leases() {
+        assert!(m.session.is_some(), "member key carries the member's lease");
+    }
     let raw = b.get_raw("members/pg0").await.unwrap();
     assert!(
         !raw.contains(": ") && raw.contains(r#""role":"replica""#),
@@ -514,7 +723,9 @@ async fn ttl_change_moves_keys_to_a_new_lease<B: Backend>(b: &B) {
         after.session, before.session,
         "leader key moved to the new lease"
     );
-    assert_eq!(c.member("pg0").unwrap().session, after.session);
+    if b.member_leases() {
+        assert_eq!(c.member("pg0").unwrap().session, after.session);
+    }
     // Moving the key to another lease is not a leader change for watchers.
     let w = x
         .watch_leader(Some(before.version), Duration::from_millis(300))
@@ -591,6 +802,24 @@ macro_rules! contract {
                 }
             )*
         }
+        mod consul_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let b = super::ConsulBackend::start().await;
+                    super::$behaviour(&b).await;
+                }
+            )*
+        }
+        mod kubernetes_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let b = super::KubeBackend::start().await;
+                    super::$behaviour(&b).await;
+                }
+            )*
+        }
         mod etcd_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,4 +869,140 @@ async fn etcd_dead_endpoint_is_skipped() {
             start.elapsed()
         );
     }
+}
+
+/// Consul only: sessions as upstream creates them, and service registration with role tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_session_and_service_registration() {
+    let b = ConsulBackend::start().await;
+    let mut cfg = b.cfg.clone();
+    cfg.register_service = Some(true.into());
+    cfg.service_tags = Some(vec!["zone-b".into(), "a".into()]);
+    let x = ConsulDcs::new(
+        &cfg,
+        NAMESPACE,
+        "Bat_man",
+        "pg0",
+        b.ttl(),
+        b.retry_timeout(),
+    )
+    .unwrap();
+    let mut data = MemberData {
+        conn_url: Some("postgres://127.0.0.2:5433/postgres".into()),
+        api_url: Some("http://127.0.0.2:8009/patroni".into()),
+        state: PgState::Running,
+        role: Role::Primary,
+        ..Default::default()
+    };
+    assert!(x.touch_member(&data).await.unwrap());
+
+    let sid = x.session_id().await.expect("a session was created");
+    {
+        let d = b.fx.data();
+        let s = d.sessions.get(&sid).expect("session known to the agent");
+        assert_eq!(s.name, "Bat_man-pg0");
+        assert_eq!(s.ttl, Duration::from_secs(1), "session TTL is ttl/2");
+        assert_eq!(s.behavior, "delete");
+        assert!(s.lock_delay < Duration::from_millis(10));
+        let member = d.kv.get("service/Bat_man/members/pg0").expect("member key");
+        assert_eq!(member.session.as_deref(), Some(sid.as_str()));
+        let svc = d.services.get("Bat_man/pg0").expect("service registered");
+        assert_eq!(svc["Name"], "bat-man");
+        assert_eq!(
+            svc["Tags"],
+            serde_json::json!(["a", "zone-b", "primary", "master"])
+        );
+        assert_eq!(svc["Address"], "127.0.0.2");
+        assert_eq!(svc["Port"], 5433);
+        assert_eq!(svc["Check"]["HTTP"], "http://127.0.0.2:8009/primary");
+    }
+
+    data.role = Role::Replica;
+    assert!(x.touch_member(&data).await.unwrap());
+    let tags = b.fx.data().services["Bat_man/pg0"]["Tags"].clone();
+    assert_eq!(tags, serde_json::json!(["a", "zone-b", "replica"]));
+
+    data.state = PgState::Stopped;
+    assert!(x.touch_member(&data).await.unwrap());
+    assert!(
+        b.fx.data().services.is_empty(),
+        "stopped members deregister"
+    );
+}
+
+/// Consul only: a wrong ACL token is a rejection with a message naming the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_wrong_token_is_rejected() {
+    let b = ConsulBackend::start().await;
+    let mut cfg = b.cfg.clone();
+    cfg.token = Some("wrong".into());
+    let x = ConsulDcs::new(&cfg, NAMESPACE, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    let err = x.get_cluster().await.unwrap_err();
+    assert!(err.to_string().contains("consul.token"), "{err}");
+}
+
+/// Kubernetes only: upstream's object names, labels, Pod role label, and with
+/// `use_endpoints` the leader Endpoints `<scope>` pointing at the leader pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_objects_labels_and_endpoints() {
+    let b = KubeBackend::start().await;
+    let x = b.member("pg0").await;
+    let data = MemberData {
+        state: PgState::Running,
+        role: Role::Primary,
+        ..Default::default()
+    };
+    assert!(x.attempt_to_acquire_leader().await.unwrap());
+    assert!(x.touch_member(&data).await.unwrap());
+    let leader = b.fx.object(K8S_NS, "configmaps", "batman-leader").unwrap();
+    assert_eq!(leader["metadata"]["labels"]["cluster-name"], "batman");
+    assert_eq!(leader["metadata"]["labels"]["application"], "patroni");
+    let ann = &leader["metadata"]["annotations"];
+    assert_eq!(
+        (ann["leader"].as_str(), ann["ttl"].as_str()),
+        (Some("pg0"), Some("2"))
+    );
+    assert_eq!(ann["transitions"], "0");
+    let pod = b.fx.object(K8S_NS, "pods", "pg0").unwrap();
+    assert_eq!(pod["metadata"]["labels"]["role"], "primary");
+    assert!(
+        pod["metadata"]["annotations"]["status"]
+            .as_str()
+            .unwrap()
+            .contains("\"role\":\"primary\"")
+    );
+
+    // Endpoints mode: the leader object is `batman` and lists the leader pod's IP and ports.
+    let mut cfg = b.cfg.clone();
+    cfg.use_endpoints = Some(true.into());
+    cfg.pod_ip = Some("10.1.2.3".into());
+    cfg.ports = Some(vec![
+        serde_json::json!({"name": "postgresql", "port": 5432}),
+    ]);
+    let server = ApiServer::from_parts(&b.fx.url(), Some("t0ken".into())).unwrap();
+    let e = KubernetesDcs::new(&cfg, server, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    assert!(e.attempt_to_acquire_leader().await.unwrap());
+    assert!(e.update_leader(None).await.unwrap());
+    let ep =
+        b.fx.object(K8S_NS, "endpoints", "batman")
+            .expect("leader Endpoints");
+    assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "10.1.2.3");
+    assert_eq!(ep["subsets"][0]["ports"][0]["name"], "postgresql");
+    assert!(e.delete_leader(None).await.unwrap());
+    let ep = b.fx.object(K8S_NS, "endpoints", "batman").unwrap();
+    assert_eq!(
+        ep["subsets"],
+        serde_json::json!([]),
+        "released leader Endpoints are empty"
+    );
+}
+
+/// Kubernetes only: a wrong token is a rejection naming RBAC, not an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_wrong_token_is_rejected() {
+    let b = KubeBackend::start().await;
+    let server = ApiServer::from_parts(&b.fx.url(), Some("nope".into())).unwrap();
+    let x = KubernetesDcs::new(&b.cfg, server, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    let err = x.get_cluster().await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
 }

@@ -457,6 +457,41 @@ mod tests {
             ),
             (
                 &[
+                    ("PATRONI_CONSUL_HOST", "c:8500"),
+                    ("PATRONI_CONSUL_TOKEN", "t0k"),
+                    ("PATRONI_CONSUL_VERIFY", "off"),
+                    ("PATRONI_CONSUL_REGISTER_SERVICE", "on"),
+                    ("PATRONI_CONSUL_SERVICE_TAGS", "a,b"),
+                    ("PATRONI_CONSUL_CHECKS", "serfHealth"),
+                    ("PATRONI_CONSUL_CONSISTENCY", "stale"),
+                ],
+                json!({"consul": {"host": "c:8500", "token": "t0k", "verify": false,
+                    "register_service": true, "service_tags": ["a", "b"],
+                    "checks": ["serfHealth"], "consistency": "stale"}}),
+            ),
+            (
+                &[
+                    ("PATRONI_KUBERNETES_NAMESPACE", "db"),
+                    (
+                        "PATRONI_KUBERNETES_LABELS",
+                        "{application: patroni, team: x}",
+                    ),
+                    ("PATRONI_KUBERNETES_USE_ENDPOINTS", "true"),
+                    ("PATRONI_KUBERNETES_POD_IP", "10.0.0.5"),
+                    (
+                        "PATRONI_KUBERNETES_PORTS",
+                        "[{\"name\": \"postgresql\", \"port\": 5432}]",
+                    ),
+                    ("PATRONI_KUBERNETES_ROLE_LABEL", "spilo-role"),
+                    ("PATRONI_KUBERNETES_BYPASS_API_SERVICE", "false"),
+                ],
+                json!({"kubernetes": {"namespace": "db", "labels": {"application": "patroni", "team": "x"},
+                    "use_endpoints": true, "pod_ip": "10.0.0.5",
+                    "ports": [{"name": "postgresql", "port": 5432}], "role_label": "spilo-role",
+                    "bypass_api_service": false}}),
+            ),
+            (
+                &[
                     ("PATRONI_ETCD_HOST", "h:2379"),
                     ("PATRONI_ETCD_PASSWORD", "pw"),
                 ],

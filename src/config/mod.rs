@@ -3,6 +3,7 @@
 //!
 //! Unknown keys are kept in `extra` maps and warned about, never fatal.
 
+pub mod dcs_sections;
 pub mod dynamic;
 mod dynamic_check;
 pub mod env;
@@ -11,6 +12,7 @@ pub mod pg_params;
 mod schema;
 pub mod validate;
 
+pub use dcs_sections::{ConsulConfig, KubernetesConfig};
 pub use dynamic::{DynamicConfig, deep_merge_patch, merge_local};
 pub use env::apply_env;
 pub use load::{ConfigError, Loaded, load, load_file, load_str};
@@ -42,6 +44,10 @@ pub struct Config {
     /// etcd v2 API section; not served yet (issue: more DCS backends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<Etcd3Config>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consul: Option<ConsulConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
     #[serde(default)]

@@ -103,6 +103,42 @@ const ETCD: &[(&str, Node)] = &[
     ("key", Str),
     ("port", Int),
 ];
+const CONSUL: &[(&str, Node)] = &[
+    ("host", Str),
+    ("url", Str),
+    ("port", Int),
+    ("scheme", Str),
+    ("token", Str),
+    ("verify", BoolLike),
+    ("cacert", Str),
+    ("cert", Str),
+    ("key", Str),
+    ("dc", Str),
+    ("consistency", Str),
+    ("checks", StrList),
+    ("register_service", BoolLike),
+    ("service_tags", StrList),
+    ("service_check_interval", Str),
+    ("service_check_tls_server_name", Str),
+];
+const KUBERNETES: &[(&str, Node)] = &[
+    ("namespace", Str),
+    ("labels", Mapping),
+    ("scope_label", Str),
+    ("role_label", Str),
+    ("leader_label_value", Str),
+    ("follower_label_value", Str),
+    ("standby_leader_label_value", Str),
+    ("tmp_role_label", Str),
+    ("bootstrap_labels", Mapping),
+    ("use_endpoints", BoolLike),
+    ("pod_ip", Str),
+    ("ports", List),
+    ("bypass_api_service", BoolLike),
+    ("cacert", Str),
+    ("context", Str),
+    ("retriable_http_codes", Any),
+];
 const BOOTSTRAP: &[(&str, Node)] = &[
     ("dcs", Mapping),
     ("initdb", List),
@@ -175,7 +211,7 @@ const TAGS: &[(&str, Node)] = &[
     ("sync_priority", Int),
 ];
 /// DCS sections upstream knows but this implementation does not serve (yet).
-pub const OTHER_DCS: &[&str] = &["consul", "zookeeper", "exhibitor", "kubernetes", "raft"];
+pub const OTHER_DCS: &[&str] = &["zookeeper", "exhibitor", "raft"];
 
 /// The whole local file. Top-level dynamic settings are handled by the caller.
 pub const ROOT: &[(&str, Node)] = &[
@@ -191,10 +227,10 @@ pub const ROOT: &[(&str, Node)] = &[
     ("postgresql", Section(POSTGRESQL, false)),
     ("watchdog", Section(WATCHDOG, false)),
     ("tags", Section(TAGS, true)),
-    ("consul", Any),
+    ("consul", Section(CONSUL, false)),
     ("zookeeper", Any),
     ("exhibitor", Any),
-    ("kubernetes", Any),
+    ("kubernetes", Section(KUBERNETES, false)),
     ("raft", Any),
     ("citus", Any),
     ("thread_pool_size", Int),

@@ -307,6 +307,14 @@ fn check_dcs(cfg: &Config, out: &mut Issues) {
         check_etcd_section(e, "etcd3", out);
         return;
     }
+    if let Some(c) = &cfg.consul {
+        out.0.extend(c.issues("consul"));
+        return;
+    }
+    if let Some(k) = &cfg.kubernetes {
+        out.0.extend(k.issues("kubernetes"));
+        return;
+    }
     if cfg.etcd.is_some() {
         out.add(
             "etcd",
@@ -497,9 +505,18 @@ mod tests {
                 json!({"etcd3": null, "etcd": {"host": "h:2379"}}),
                 vec!["etcd"],
             ),
+            (json!({"etcd3": null, "consul": {"host": "h:8500"}}), vec![]),
             (
-                json!({"etcd3": null, "consul": {"host": "h:8500"}}),
-                vec!["consul"],
+                json!({"etcd3": null, "consul": {"host": "h:0", "consistency": "x"}}),
+                vec!["consul.consistency", "consul.host"],
+            ),
+            (
+                json!({"etcd3": null, "kubernetes": {"labels": {"app": "pg"}}}),
+                vec![],
+            ),
+            (
+                json!({"etcd3": null, "kubernetes": {"use_endpoints": true, "ports": [{"port": 0}]}}),
+                vec!["kubernetes.pod_ip", "kubernetes.ports"],
             ),
             (
                 json!({"etcd3": {"hosts": ["nohost"], "protocol": "ftp", "url": "h:1"}}),

@@ -4,8 +4,10 @@
 //! Backends only move raw key/value nodes; parsing into typed values lives here
 //! (`Cluster::from_nodes`) so every store tolerates bad JSON the same way.
 
+pub mod consul;
 pub mod etcd3;
 pub mod keys;
+pub mod kubernetes;
 pub mod mem;
 mod types;
 

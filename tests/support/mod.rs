@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod consul;
 pub mod etcd;
+pub mod kube;
 pub mod postgres;
 
 use std::net::TcpListener;
