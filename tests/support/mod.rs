@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ctl;
 pub mod etcd;
 pub mod postgres;
 
