@@ -47,22 +47,34 @@ pub struct Run {
 
 impl Run {
     pub fn ok(&self) -> &Self {
-        assert_eq!(self.code, 0, "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
     pub fn yaml(&self) -> Value {
-        serde_yaml_ng::from_str(&self.stdout).unwrap_or_else(|e| panic!("not YAML ({e}): {}", self.stdout))
+        serde_yaml_ng::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not YAML ({e}): {}", self.stdout))
     }
 }
 
 fn run(mut cmd: Command, stdin: &str) -> Run {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().expect("spawn patronictl");
-    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes());
     let out: Output = child.wait_with_output().expect("wait patronictl");
     Run {
         code: out.status.code().unwrap_or(-1),
@@ -107,9 +119,17 @@ pub fn theirs(config: &Path, args: &[&str], stdin: &str) -> Run {
     run(cmd, stdin)
 }
 
-/// A 3-node cluster of upstream Patroni daemons (same configs as our daemon's scenarios).
+/// A cluster of upstream Patroni daemons (same configs as our daemon's scenarios).
 pub fn upstream_cluster(n: usize) -> Cluster {
+    upstream_cluster_edit(n, |_| {})
+}
+
+/// Like `upstream_cluster`, with `edit` applied to every node's YAML before the start.
+pub fn upstream_cluster_edit(n: usize, edit: impl Fn(&mut serde_yaml_ng::Value)) -> Cluster {
     let mut c = Cluster::new(n, &FAST);
+    for i in 0..n {
+        c.edit_config(i, &edit);
+    }
     for i in 0..n {
         let mut cmd = upstream_cmd("patroni");
         cmd.arg(&c.nodes[i].config);
@@ -122,7 +142,9 @@ pub fn upstream_cluster(n: usize) -> Cluster {
 pub fn wait_healthy(c: &Cluster) -> usize {
     let primary = c.wait_primary(Duration::from_secs(120));
     super::eventually(Duration::from_secs(120), "all replicas streaming", || {
-        (0..c.nodes.len()).all(|i| i == primary || c.is_streaming(i)).then_some(())
+        (0..c.nodes.len())
+            .all(|i| i == primary || c.is_streaming(i))
+            .then_some(())
     });
     primary
 }
