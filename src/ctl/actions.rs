@@ -3,8 +3,9 @@
 //! non-zero after all members were tried.
 
 use super::cli::{CtlRole, Group};
-use super::members::{Global, confirm_members_action, select_members, timestamp};
+use super::members::{Global, timestamp};
 use super::schedule::{check_pg_version, parse_scheduled};
+use super::select::{confirm_members_action, select_members};
 use super::{Ctl, CtlError, CtlResult, msg, prompt};
 use crate::dcs::{Cluster, Dcs, Member, PgState};
 use clap::Args;

@@ -11,6 +11,7 @@ pub mod prompt;
 pub mod query;
 pub mod read;
 pub mod schedule;
+pub mod select;
 pub mod switchover;
 pub mod table;
 

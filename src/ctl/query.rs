@@ -2,7 +2,8 @@
 //! (errors become an `ERROR, SQLSTATE: ...` row, not a failure of the command).
 
 use super::cli::{CtlRole, Format, Group, Watch};
-use super::members::{any_member, conn_host_port, timestamp};
+use super::members::{conn_host_port, timestamp};
+use super::select::any_member;
 use super::table::render;
 use super::{Ctl, CtlResult, msg, prompt};
 use crate::dcs::Cluster;

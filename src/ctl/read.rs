@@ -5,7 +5,8 @@ use super::cli::{
     ClusterArg, DsnArgs, Format, HistoryArgs, ListArgs, RemoveArgs, TopologyArgs, VersionArgs,
     Watch,
 };
-use super::members::{any_member, conn_host_port, format_members, timestamp};
+use super::members::{conn_host_port, format_members, timestamp};
+use super::select::any_member;
 use super::table::{py_str, render, to_yaml};
 use super::{Ctl, CtlResult, msg, prompt};
 use crate::dcs::Dcs;

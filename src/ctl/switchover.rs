@@ -194,6 +194,17 @@ fn prepare(
     {
         return Err(msg(format!("Aborting {}", r.action)));
     }
+    schedule_and_confirm(cluster, name, r, leader.as_deref())
+}
+
+/// The switchover time (prompted), the request body, and the final confirmation.
+fn schedule_and_confirm(
+    cluster: &Cluster,
+    name: &str,
+    r: &mut Request,
+    leader: Option<&str>,
+) -> CtlResult<(Map<String, Value>, Option<String>)> {
+    let g = Global::of(cluster);
     let mut scheduled_at = None;
     if r.action == "switchover" {
         if r.scheduled.is_none() && !r.force {
@@ -218,7 +229,6 @@ fn prepare(
     }
     if !r.force {
         let demote = leader
-            .as_ref()
             .map(|l| format!(", demoting current leader {l}"))
             .unwrap_or_default();
         let (q, abort) = match &scheduled_at {
