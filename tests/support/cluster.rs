@@ -103,6 +103,14 @@ impl Cluster {
         node.daemon = Some(ChildGuard::spawn(&node.name, cmd, false, &log));
     }
 
+    /// Start node `i` with another daemon command (e.g. upstream Patroni), logging like `start`.
+    pub fn start_with(&mut self, i: usize, cmd: Command, unprivileged: bool) {
+        let node = &mut self.nodes[i];
+        node.log_n += 1;
+        let log = self.dir.join(&format!("{}-{}.log", node.name, node.log_n));
+        node.daemon = Some(ChildGuard::spawn(&node.name, cmd, unprivileged, &log));
+    }
+
     /// kill -9 the daemon (and optionally its postmaster).
     pub fn kill_daemon(&mut self, i: usize, with_postmaster: bool) {
         if let Some(mut g) = self.nodes[i].daemon.take() {
@@ -318,7 +326,7 @@ pub fn http_get_json(port: u16, path: &str) -> Option<(u16, Value)> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn node_yaml(
+pub fn node_yaml(
     name: &str,
     scope: &str,
     pg_port: u16,

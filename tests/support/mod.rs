@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod consul;
+pub mod ctl;
 pub mod etcd;
 pub mod kube;
 pub mod postgres;
