@@ -235,6 +235,42 @@ impl Executor {
                 }
                 None
             }
+            Action::WriteSyncState { members, version } => {
+                let value = serde_json::json!({
+                    "leader": obs.config.name,
+                    "sync_standby": if members.is_empty() { None } else { Some(members.join(",")) },
+                });
+                if log_dcs(
+                    "write sync state",
+                    self.dcs
+                        .set_sync_state_value(&value.to_string(), *version)
+                        .await,
+                ) {
+                    info!("synchronous standbys in the DCS: {members:?}");
+                }
+                None
+            }
+            Action::DeleteSyncState { version } => {
+                log_dcs(
+                    "delete sync state",
+                    self.dcs.delete_sync_state(*version).await,
+                );
+                None
+            }
+            Action::SetSyncStandbyNames(value) => {
+                match self
+                    .pg
+                    .set_synchronous_standby_names(value.as_deref())
+                    .await
+                {
+                    Ok(()) => info!(
+                        "synchronous_standby_names set to '{}'",
+                        value.as_deref().unwrap_or("")
+                    ),
+                    Err(e) => warn!("setting synchronous_standby_names failed: {e}"),
+                }
+                None
+            }
             Action::CreateSlots(names) => {
                 if let Err(e) = self.pg.ensure_physical_slots(names).await {
                     warn!("creating replication slots {names:?} failed: {e}");

@@ -43,6 +43,16 @@ pub enum Action {
     Follow { upstream: Option<UpstreamConn> },
     /// Remove the data directory (before a fresh basebackup).
     RemoveDataDir,
+    /// Write the `sync` key: us as leader, `members` as the standbys that may be promoted
+    /// (compare-and-set on `version`; None creates it).
+    WriteSyncState {
+        members: Vec<String>,
+        version: Option<i64>,
+    },
+    /// Delete the `sync` key (synchronous mode turned off).
+    DeleteSyncState { version: Option<i64> },
+    /// Set `synchronous_standby_names` (ALTER SYSTEM + reload); None resets it.
+    SetSyncStandbyNames(Option<String>),
     /// Create missing physical replication slots (primary).
     CreateSlots(Vec<String>),
     /// Drop physical slots of members that are gone (primary).

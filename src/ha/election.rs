@@ -31,7 +31,7 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
         );
     }
     let failover = switchover::pending(cluster);
-    let manual = failover.and_then(|f| switchover::no_leader_step(obs, f));
+    let manual = failover.and_then(|f| switchover::no_leader_step(obs, cluster, f));
     let verdict = match &manual {
         // Paused: a running primary re-takes the key; nobody demotes.
         _ if obs.config.paused => Ok(()),
@@ -79,9 +79,11 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     mem.catch_up_since_ms = None;
     let (won_msg, mut won_actions) = if sql.in_recovery {
         mem.divergence = None;
+        let mut actions = super::sync::on_promote(obs, cluster);
+        actions.push(Action::Promote);
         (
             "promoted self to leader by acquiring session lock".to_string(),
-            vec![Action::Promote],
+            actions,
         )
     } else {
         (
@@ -123,6 +125,7 @@ pub(super) fn is_healthiest(
     if cfg.nofailover() {
         return Err("tagged nofailover".into());
     }
+    super::sync::may_promote(obs, cluster)?;
     let sql = obs
         .pg
         .sql
@@ -141,6 +144,13 @@ pub(super) fn is_healthiest(
     for peer in &obs.peers {
         let Some(r) = &peer.reply else { continue };
         if peer.name == cfg.name || Some(peer.name.as_str()) == former {
+            continue;
+        }
+        // In synchronous mode only peers that may be promoted compete with us.
+        if cfg.sync.enabled()
+            && cluster.sync.as_ref().is_some_and(|s| s.leader.is_some())
+            && !super::sync::is_sync_member(cluster, &peer.name)
+        {
             continue;
         }
         if r.is_primary {

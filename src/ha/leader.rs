@@ -22,7 +22,9 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
         );
     }
     let mut held_actions = vec![];
+    let mut recheck = false;
     let held_msg = if sql.in_recovery {
+        held_actions.extend(super::sync::on_promote(obs, cluster));
         held_actions.push(Action::Promote);
         mem.divergence = None;
         "promoted self to leader because I had the session lock".to_string()
@@ -39,6 +41,9 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     };
     if !sql.in_recovery {
         held_actions.extend(primary_housekeeping(obs, cluster));
+        let (sync_actions, soon) = super::sync::leader_actions(obs, cluster);
+        held_actions.extend(sync_actions);
+        recheck = soon;
     }
     let held = Branch::new(held_msg, held_actions).with_role(Role::Primary);
     let lost = if obs.config.paused {
@@ -55,13 +60,16 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
         )
         .with_role(Role::Demoted)
     };
-    decision(
+    let mut d = decision(
         obs,
         String::new(),
         vec![Action::UpdateLock { held, lost }],
         Role::Primary,
         PgState::Running,
-    )
+    );
+    // PostgreSQL reports a new synchronous standby within moments of the reload.
+    d.recheck_ms = recheck.then_some(300);
+    d
 }
 
 /// What a running primary with the lock keeps in order each cycle: history after a

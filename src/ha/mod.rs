@@ -12,6 +12,7 @@ pub mod observation;
 mod replica;
 pub mod slots;
 pub mod switchover;
+pub mod sync;
 
 pub use action::{Action, Branch, Decision};
 pub use election::needs_peers;

@@ -21,6 +21,7 @@ pub struct HaConfig {
     /// Maintenance mode (`pause: true` in the dynamic config): no automatic start, stop,
     /// promote or demote.
     pub paused: bool,
+    pub sync: super::sync::SyncConfig,
 }
 
 impl HaConfig {

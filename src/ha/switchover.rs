@@ -93,6 +93,15 @@ pub fn leader_step(obs: &Observation, cluster: &Cluster, f: &Failover) -> Leader
         Some(c) if c == me => LeaderStep::Clear(
             "manual failover: I am already the leader, no need to failover".into(),
         ),
+        Some(c)
+            if obs.config.sync.enabled()
+                && cluster.sync.as_ref().is_some_and(|s| s.leader.is_some())
+                && !super::sync::is_sync_member(cluster, c) =>
+        {
+            LeaderStep::Clear(format!(
+                "manual failover: candidate '{c}' is not a synchronous standby"
+            ))
+        }
         Some(c) => match cluster.member(c) {
             None => LeaderStep::Clear(format!("manual failover: candidate '{c}' is not a member")),
             Some(_) => match candidate_health(&obs.peers, c) {
@@ -142,11 +151,22 @@ fn candidate_health(peers: &[PeerStatus], name: &str) -> Result<(), String> {
 /// With no leader and a pending request: `Some(Ok)` take the lock (I am the candidate),
 /// `Some(Err)` leave it to the healthy candidate, `None` run the normal election without
 /// the former leader.
-pub fn no_leader_step(obs: &Observation, f: &Failover) -> Option<Result<(), String>> {
+pub fn no_leader_step(
+    obs: &Observation,
+    cluster: &Cluster,
+    f: &Failover,
+) -> Option<Result<(), String>> {
     let me = obs.config.name.as_str();
     let candidate = f.member.as_deref()?;
     if candidate == me {
-        return Some(Ok(()));
+        // Even a named candidate must hold every acknowledged commit in synchronous mode.
+        return Some(super::sync::may_promote(obs, cluster));
+    }
+    let sync_gated = obs.config.sync.enabled()
+        && cluster.sync.as_ref().is_some_and(|s| s.leader.is_some())
+        && !super::sync::is_sync_member(cluster, candidate);
+    if sync_gated {
+        return None;
     }
     match candidate_health(&obs.peers, candidate) {
         Ok(()) => Some(Err(format!("manual failover to '{candidate}' in progress"))),

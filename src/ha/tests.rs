@@ -20,6 +20,7 @@ fn cfg() -> HaConfig {
         remove_data_directory_on_diverged_timelines: false,
         tags: Default::default(),
         paused: false,
+        sync: Default::default(),
     }
 }
 
@@ -748,4 +749,228 @@ fn paused_cluster_never_moves_postgres() {
         replica_pg(100, Some(5433)),
     )));
     assert!(d.actions.is_empty());
+}
+
+// ---- synchronous replication ----
+
+use crate::dcs::SyncState;
+use crate::postgres::types::ReplicationConn;
+use sync::{SyncConfig, SyncMode};
+
+fn sync_on(o: &mut Observation, strict: bool) {
+    o.config.sync = SyncConfig {
+        mode: SyncMode::On,
+        strict,
+        node_count: 1,
+        maximum_lag_on_syncnode: -1,
+    };
+}
+
+fn standby(name: &str, sync_state: &str, flush: u64) -> ReplicationConn {
+    ReplicationConn {
+        usename: "replicator".into(),
+        application_name: name.into(),
+        client_addr: None,
+        state: "streaming".into(),
+        sync_state: sync_state.into(),
+        sync_priority: 0,
+        write_lsn: Some(flush),
+        flush_lsn: Some(flush),
+        replay_lsn: Some(flush),
+    }
+}
+
+fn leader_with(c: Cluster, ssn: &str, repl: Vec<ReplicationConn>) -> Observation {
+    let mut pg = primary_pg(1_000);
+    let sql = pg.sql.as_mut().unwrap();
+    sql.synchronous_standby_names = ssn.into();
+    sql.replication = repl;
+    let mut o = obs(c, pg);
+    sync_on(&mut o, false);
+    o
+}
+
+fn sync_key(leader: &str, members: Option<&str>) -> Option<SyncState> {
+    Some(SyncState {
+        leader: Some(leader.into()),
+        sync_standby: members.map(Into::into),
+        quorum: None,
+        version: 11,
+    })
+}
+
+fn held(d: &Decision) -> Vec<Action> {
+    held_actions(d).0.actions.clone()
+}
+
+#[test]
+fn sync_standby_is_announced_to_postgres_before_the_dcs() {
+    // pg1 streams, nothing synchronous yet: set synchronous_standby_names first.
+    let o = leader_with(
+        cluster(Some("pg0")),
+        "",
+        vec![standby("pg1", "async", 1_000)],
+    );
+    let d = run(&o);
+    let a = held(&d);
+    assert!(
+        a.contains(&Action::SetSyncStandbyNames(Some("1 (\"pg1\")".into()))),
+        "{a:#?}"
+    );
+    assert!(
+        a.contains(&Action::WriteSyncState {
+            members: vec![],
+            version: None
+        }),
+        "{a:#?}"
+    );
+    assert_eq!(d.recheck_ms, Some(300));
+    // PostgreSQL now reports it as sync: publish it in the key.
+    let mut c = cluster(Some("pg0"));
+    c.sync = sync_key("pg0", None);
+    let o = leader_with(c, "1 (\"pg1\")", vec![standby("pg1", "sync", 1_000)]);
+    let a = held(&run(&o));
+    assert!(
+        a.contains(&Action::WriteSyncState {
+            members: vec!["pg1".into()],
+            version: Some(11)
+        }),
+        "{a:#?}"
+    );
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::SetSyncStandbyNames(_)))
+    );
+}
+
+#[test]
+fn sync_key_is_narrowed_before_postgres_when_the_standby_leaves() {
+    // pg1 was sync and disconnected; pg2 streams.
+    let mut c = cluster(Some("pg0"));
+    c.sync = sync_key("pg0", Some("pg1"));
+    let o = leader_with(c, "1 (\"pg1\")", vec![standby("pg2", "async", 1_000)]);
+    let a = held(&run(&o));
+    let w = a
+        .iter()
+        .position(|x| matches!(x, Action::WriteSyncState { .. }))
+        .expect("write");
+    let s = a
+        .iter()
+        .position(|x| matches!(x, Action::SetSyncStandbyNames(_)))
+        .expect("ssn");
+    assert!(
+        w < s,
+        "the key must shrink before PostgreSQL's list: {a:#?}"
+    );
+    assert_eq!(
+        a[w],
+        Action::WriteSyncState {
+            members: vec![],
+            version: Some(11)
+        }
+    );
+    assert_eq!(
+        a[s],
+        Action::SetSyncStandbyNames(Some("1 (\"pg2\")".into()))
+    );
+}
+
+#[test]
+fn strict_mode_without_standbys_blocks_writes_with_star() {
+    let mut o = leader_with(cluster(Some("pg0")), "", vec![]);
+    sync_on(&mut o, true);
+    let a = held(&run(&o));
+    assert!(
+        a.contains(&Action::SetSyncStandbyNames(Some("*".into()))),
+        "{a:#?}"
+    );
+}
+
+#[test]
+fn nosync_and_lagging_standbys_are_not_picked() {
+    let mut c = cluster(Some("pg0"));
+    c.members[1].data.tags.insert("nosync".into(), true.into());
+    let mut o = leader_with(
+        c,
+        "",
+        vec![standby("pg1", "async", 1_000), standby("pg2", "async", 10)],
+    );
+    o.config.sync.maximum_lag_on_syncnode = 100;
+    let a = held(&run(&o));
+    // pg1 is nosync and pg2 lags 990 bytes: nobody qualifies (non-strict: empty list).
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::SetSyncStandbyNames(Some(v)) if !v.is_empty())),
+        "{a:#?}"
+    );
+}
+
+#[test]
+fn only_a_synchronous_standby_may_take_over() {
+    let mut c = cluster(None);
+    c.sync = sync_key("pg0", Some("pg2"));
+    let mut o = obs(c.clone(), replica_pg(5_000, Some(5432)));
+    sync_on(&mut o, false);
+    o.config.name = "pg1".into();
+    o.peers = vec![peer("pg2", 1_000, false)];
+    let d = run(&o);
+    assert!(d.actions.is_empty(), "pg1 is not synchronous: {d:#?}");
+    // pg2 is; the async pg1's higher WAL does not hold it back. It claims the key first.
+    let mut o = obs(c, replica_pg(1_000, Some(5432)));
+    sync_on(&mut o, false);
+    o.config.name = "pg2".into();
+    o.peers = vec![peer("pg1", 5_000, false)];
+    match only(&run(&o)) {
+        Action::AcquireLock { won, .. } => {
+            assert_eq!(
+                won.actions[0],
+                Action::WriteSyncState {
+                    members: vec![],
+                    version: Some(11)
+                }
+            );
+            assert_eq!(
+                won.actions[1],
+                Action::SetSyncStandbyNames(Some(String::new()))
+            );
+            assert_eq!(won.actions[2], Action::Promote);
+        }
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn switchover_to_an_async_standby_is_refused_in_sync_mode() {
+    let mut c = with_failover(cluster(Some("pg0")), Some("pg0"), Some("pg1"), None);
+    c.sync = sync_key("pg0", Some("pg2"));
+    let mut o = leader_with(c, "1 (\"pg2\")", vec![standby("pg2", "sync", 1_000)]);
+    o.peers = vec![peer("pg1", 1_000, false), peer("pg2", 1_000, false)];
+    let a = held(&run(&o));
+    assert!(a.contains(&Action::ClearFailover { version: 7 }), "{a:#?}");
+}
+
+#[test]
+fn turning_sync_mode_off_resets_the_setting_and_the_key() {
+    let mut c = cluster(Some("pg0"));
+    c.sync = sync_key("pg0", Some("pg1"));
+    let mut o = leader_with(c, "1 (\"pg1\")", vec![standby("pg1", "sync", 1_000)]);
+    o.config.sync = SyncConfig::default();
+    let a = held(&run(&o));
+    assert!(a.contains(&Action::DeleteSyncState { version: Some(11) }));
+    assert!(a.contains(&Action::SetSyncStandbyNames(None)));
+}
+
+#[test]
+fn ssn_values_round_trip() {
+    let cfg = SyncConfig {
+        mode: SyncMode::On,
+        strict: false,
+        node_count: 2,
+        maximum_lag_on_syncnode: -1,
+    };
+    let v = sync::render_ssn(&["b".into(), "a".into()], &cfg);
+    assert_eq!(v, "2 (\"b\",\"a\")");
+    assert_eq!(sync::parse_ssn(&v), vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(sync::parse_ssn("*"), vec!["*".to_string()]);
+    assert!(sync::parse_ssn("").is_empty());
 }

@@ -107,6 +107,22 @@ impl Postgres {
     }
 
     /// Create the physical replication slots that do not exist yet.
+    /// Synchronous replication is managed with ALTER SYSTEM (postgresql.auto.conf), so it
+    /// survives our own config rewrites and daemon restarts; `None` resets it.
+    pub async fn set_synchronous_standby_names(&self, value: Option<&str>) -> Result<()> {
+        let stmt = match value {
+            Some(v) => format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{}'",
+                v.replace('\'', "''")
+            ),
+            None => "ALTER SYSTEM RESET synchronous_standby_names".to_string(),
+        };
+        // ALTER SYSTEM refuses to run in a (implicit) transaction block: two queries.
+        self.query(&stmt).await?;
+        self.query("SELECT pg_catalog.pg_reload_conf()").await?;
+        Ok(())
+    }
+
     pub async fn ensure_physical_slots(&self, names: &[String]) -> Result<()> {
         if names.is_empty() {
             return Ok(());

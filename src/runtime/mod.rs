@@ -282,6 +282,16 @@ impl Runtime {
                 .remove_data_directory_on_diverged_timelines,
             tags: self.local.tags.clone(),
             paused: self.dynamic.pause,
+            sync: ha::sync::SyncConfig::from_value(
+                &self.dynamic.synchronous_mode,
+                self.dynamic.synchronous_mode_strict,
+                self.dynamic.synchronous_node_count,
+                self.dynamic
+                    .extra
+                    .get("maximum_lag_on_syncnode")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(-1),
+            ),
         }
     }
 

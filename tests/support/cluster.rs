@@ -392,6 +392,47 @@ postgresql:
     )
 }
 
+/// How long a writer waits for one commit. A commit still waiting (for a synchronous
+/// standby) is abandoned by killing the client: never counted as acknowledged. Cancelling
+/// instead would make PostgreSQL report success for a commit that was not replicated.
+const WRITE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Like `psql`, but the client is killed after `budget` (the statement then counts as failed).
+pub fn psql_within(port: u16, sql: &str, budget: Duration) -> Result<String, String> {
+    use std::io::Read;
+    let mut child = Command::new(format!("{}/psql", super::PG_BIN))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-XAtq", "-c", sql])
+        .env("PGPASSWORD", "patroni")
+        .env("PGCONNECT_TIMEOUT", "3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + budget;
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => {
+                let mut out = String::new();
+                let mut err = String::new();
+                child.stdout.take().unwrap().read_to_string(&mut out).ok();
+                child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                return if status.success() {
+                    Ok(out.trim().to_string())
+                } else {
+                    Err(err.trim().to_string())
+                };
+            }
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {budget:?} (client killed)"));
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
 /// A client writing one row every 50 ms through `port` (HAProxy), recording what was
 /// acknowledged and when, to measure write unavailability and lost writes.
 pub struct Writer {
@@ -409,7 +450,7 @@ impl Writer {
             let mut id = first_id;
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
                 let t0 = std::time::Instant::now();
-                match psql(port, &format!("INSERT INTO t VALUES ({id})")) {
+                match psql_within(port, &format!("INSERT INTO t VALUES ({id})"), WRITE_BUDGET) {
                     Ok(_) => acks.push((id, std::time::Instant::now())),
                     Err(e) if std::env::var_os("PATRONI_TEST_LOGS").is_some() => eprintln!(
                         "writer {}: id {id} failed after {:?}: {e}",

@@ -1,0 +1,260 @@
+//! Synchronous replication (`synchronous_mode: on`): the leader manages
+//! `synchronous_standby_names` and the DCS `sync` key so that the key only ever names
+//! standbys PostgreSQL already waits for. Only those may be promoted after the leader is
+//! lost, so an acknowledged commit survives any single failure.
+//!
+//! Ordering (as upstream): narrow the key before narrowing PostgreSQL's list; widen the
+//! key only after PostgreSQL reports the standby as `sync`.
+
+use super::{Action, Observation};
+use crate::dcs::{Cluster, tag_is_true};
+use crate::postgres::types::SqlObservation;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    /// `synchronous_mode: quorum` (ANY n): handled like `on` for who may be promoted.
+    Quorum,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SyncConfig {
+    pub mode: SyncMode,
+    pub strict: bool,
+    pub node_count: usize,
+    /// Bytes; negative disables the check (upstream default -1).
+    pub maximum_lag_on_syncnode: i64,
+}
+
+impl SyncConfig {
+    pub fn from_value(
+        mode: &serde_json::Value,
+        strict: bool,
+        node_count: u64,
+        max_lag: i64,
+    ) -> SyncConfig {
+        let mode = match mode {
+            serde_json::Value::Bool(true) => SyncMode::On,
+            serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" | "1" => SyncMode::On,
+                "quorum" => SyncMode::Quorum,
+                _ => SyncMode::Off,
+            },
+            _ => SyncMode::Off,
+        };
+        SyncConfig {
+            mode,
+            strict,
+            node_count: node_count.max(1) as usize,
+            maximum_lag_on_syncnode: max_lag,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.mode != SyncMode::Off
+    }
+}
+
+fn lower(names: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The standby names in a `synchronous_standby_names` value we wrote
+/// (`N ("a","b")`, `ANY N (...)`, `"a"`, `*`, or empty).
+pub fn parse_ssn(value: &str) -> Vec<String> {
+    let v = value.trim();
+    let inner = match (v.find('('), v.rfind(')')) {
+        (Some(a), Some(b)) if a < b => &v[a + 1..b],
+        _ => v,
+    };
+    lower(
+        &inner
+            .split(',')
+            .map(|n| n.trim().trim_matches('"').to_string())
+            .filter(|n| !n.is_empty())
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Render the GUC value for `names` (already ordered by preference).
+pub fn render_ssn(names: &[String], cfg: &SyncConfig) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let list = names
+        .iter()
+        .map(|n| format!("\"{}\"", n.replace('"', "")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let n = cfg.node_count.min(names.len());
+    match cfg.mode {
+        SyncMode::Quorum => format!("ANY {n} ({list})"),
+        _ => format!("{n} ({list})"),
+    }
+}
+
+/// Standbys that may become synchronous, best first, at most `node_count`.
+pub fn pick(obs: &Observation, cluster: &Cluster, sql: &SqlObservation) -> Vec<String> {
+    let cfg = &obs.config.sync;
+    let mut cands: Vec<(i64, u64, String)> = sql
+        .replication
+        .iter()
+        .filter(|r| r.state == "streaming")
+        .filter_map(|r| {
+            let m = cluster
+                .members
+                .iter()
+                .find(|m| m.name.eq_ignore_ascii_case(&r.application_name))?;
+            if tag_is_true(m.data.tags.get("nosync")) {
+                return None;
+            }
+            let flush = r.flush_lsn.unwrap_or(0);
+            let lag = sql.wal_lsn.saturating_sub(flush);
+            if cfg.maximum_lag_on_syncnode >= 0 && lag > cfg.maximum_lag_on_syncnode as u64 {
+                return None;
+            }
+            let prio = m
+                .data
+                .tags
+                .get("sync_priority")
+                .and_then(|p| p.as_i64())
+                .unwrap_or(1);
+            if prio <= 0 {
+                return None;
+            }
+            Some((prio, flush, m.name.clone()))
+        })
+        .collect();
+    cands.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    cands
+        .into_iter()
+        .take(cfg.node_count)
+        .map(|c| c.2)
+        .collect()
+}
+
+/// The leader's sync-state step this cycle: actions, and whether to look again soon.
+pub fn leader_actions(obs: &Observation, cluster: &Cluster) -> (Vec<Action>, bool) {
+    let me = obs.config.name.as_str();
+    let Some(sql) = obs.pg.sql.as_ref().filter(|s| !s.in_recovery) else {
+        return (vec![], false);
+    };
+    let key = cluster.sync.as_ref();
+    let key_is_mine = key
+        .and_then(|s| s.leader.as_deref())
+        .is_some_and(|l| l.eq_ignore_ascii_case(me));
+    let version = key.map(|s| s.version);
+    if !obs.config.sync.enabled() {
+        // Synchronous mode was turned off: forget the key and our setting.
+        if key_is_mine {
+            return (
+                vec![
+                    Action::DeleteSyncState { version },
+                    Action::SetSyncStandbyNames(None),
+                ],
+                false,
+            );
+        }
+        return (vec![], false);
+    }
+    let current = if key_is_mine {
+        lower(&key.map(|s| s.members()).unwrap_or_default())
+    } else {
+        vec![]
+    };
+    let picked = pick(obs, cluster, sql);
+    let picked_l = lower(&picked);
+    let ssn_now = parse_ssn(&sql.synchronous_standby_names);
+    // Who PostgreSQL waits for right now: only those may be promoted.
+    let sync_now: Vec<String> = lower(
+        &sql.replication
+            .iter()
+            .filter(|r| matches!(r.sync_state.as_str(), "sync" | "quorum"))
+            .filter(|r| ssn_now.contains(&r.application_name.to_ascii_lowercase()))
+            .map(|r| r.application_name.clone())
+            .collect::<Vec<_>>(),
+    );
+    let allow_promote: Vec<String> = picked_l
+        .iter()
+        .filter(|n| sync_now.contains(n))
+        .cloned()
+        .collect();
+    let write = |members: &[String]| Action::WriteSyncState {
+        members: members.to_vec(),
+        version: if key.is_some() { version } else { None },
+    };
+    let wanted_ssn = if picked.is_empty() && obs.config.sync.strict {
+        "*".to_string()
+    } else {
+        render_ssn(&picked, &obs.config.sync)
+    };
+    let ssn_differs = sql.synchronous_standby_names.trim() != wanted_ssn;
+    if ssn_differs {
+        let mut out = vec![];
+        let common: Vec<String> = current
+            .iter()
+            .filter(|n| allow_promote.contains(n))
+            .cloned()
+            .collect();
+        if common != current || !key_is_mine {
+            out.push(write(&common));
+        }
+        out.push(Action::SetSyncStandbyNames(Some(wanted_ssn)));
+        return (out, true);
+    }
+    if allow_promote != current || !key_is_mine {
+        return (vec![write(&allow_promote)], false);
+    }
+    // Listed but not yet reported as sync by PostgreSQL: look again soon.
+    (vec![], allow_promote.len() < picked_l.len())
+}
+
+/// Before a promotion in synchronous mode: claim the key with no standby (nobody may be
+/// promoted over us yet) and start with `*` (strict) or no synchronous standby.
+pub fn on_promote(obs: &Observation, cluster: &Cluster) -> Vec<Action> {
+    if !obs.config.sync.enabled() {
+        return vec![];
+    }
+    let ssn = if obs.config.sync.strict {
+        Some("*".to_string())
+    } else {
+        Some(String::new())
+    };
+    vec![
+        Action::WriteSyncState {
+            members: vec![],
+            version: cluster.sync.as_ref().map(|s| s.version),
+        },
+        Action::SetSyncStandbyNames(ssn),
+    ]
+}
+
+/// Failover gate: in synchronous mode only a member the `sync` key names may take over.
+pub fn may_promote(obs: &Observation, cluster: &Cluster) -> Result<(), String> {
+    if !obs.config.sync.enabled() {
+        return Ok(());
+    }
+    let Some(sync) = cluster.sync.as_ref().filter(|s| s.leader.is_some()) else {
+        // No sync state published yet (fresh cluster or mode just enabled).
+        return Ok(());
+    };
+    let me = obs.config.name.to_ascii_lowercase();
+    if lower(&sync.members()).contains(&me) {
+        Ok(())
+    } else {
+        Err("I am not a synchronous standby".into())
+    }
+}
+
+/// Whether `name` is listed as synchronous (for switchover candidates).
+pub fn is_sync_member(cluster: &Cluster, name: &str) -> bool {
+    cluster
+        .sync
+        .as_ref()
+        .is_some_and(|s| lower(&s.members()).contains(&name.to_ascii_lowercase()))
+}
