@@ -103,6 +103,18 @@ const ETCD: &[(&str, Node)] = &[
     ("key", Str),
     ("port", Int),
 ];
+const ZOOKEEPER: &[(&str, Node)] = &[
+    ("hosts", StrOrList),
+    ("use_ssl", BoolLike),
+    ("cacert", Str),
+    ("cert", Str),
+    ("key", Str),
+    ("key_password", Str),
+    ("verify", BoolLike),
+    ("set_acls", Mapping),
+    ("auth_data", Mapping),
+];
+const EXHIBITOR: &[(&str, Node)] = &[("hosts", StrOrList), ("port", Int), ("poll_interval", Int)];
 const BOOTSTRAP: &[(&str, Node)] = &[
     ("dcs", Mapping),
     ("initdb", List),
@@ -175,7 +187,7 @@ const TAGS: &[(&str, Node)] = &[
     ("sync_priority", Int),
 ];
 /// DCS sections upstream knows but this implementation does not serve (yet).
-pub const OTHER_DCS: &[&str] = &["consul", "zookeeper", "exhibitor", "kubernetes", "raft"];
+pub const OTHER_DCS: &[&str] = &["consul", "kubernetes", "raft"];
 
 /// The whole local file. Top-level dynamic settings are handled by the caller.
 pub const ROOT: &[(&str, Node)] = &[
@@ -192,8 +204,8 @@ pub const ROOT: &[(&str, Node)] = &[
     ("watchdog", Section(WATCHDOG, false)),
     ("tags", Section(TAGS, true)),
     ("consul", Any),
-    ("zookeeper", Any),
-    ("exhibitor", Any),
+    ("zookeeper", Section(ZOOKEEPER, false)),
+    ("exhibitor", Section(EXHIBITOR, false)),
     ("kubernetes", Any),
     ("raft", Any),
     ("citus", Any),

@@ -4,10 +4,13 @@
 //! Backends only move raw key/value nodes; parsing into typed values lives here
 //! (`Cluster::from_nodes`) so every store tolerates bad JSON the same way.
 
+pub mod etcd2;
 pub mod etcd3;
+pub mod exhibitor;
 pub mod keys;
 pub mod mem;
 mod types;
+pub mod zookeeper;
 
 pub use types::*;
 
