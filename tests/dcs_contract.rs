@@ -3,12 +3,15 @@
 
 mod support;
 
+use patroni::dcs::etcd2::Etcd2Dcs;
 use patroni::dcs::etcd3::Etcd3Dcs;
 use patroni::dcs::mem::{MemDcs, MemStore};
+use patroni::dcs::zookeeper::ZooKeeperDcs;
 use patroni::dcs::{Dcs, DcsResult, MemberData, PgState, Role, Status};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::etcd::Etcd;
+use support::zookeeper::ZooKeeper;
 
 const NAMESPACE: &str = "/service/";
 const SCOPE: &str = "batman";
@@ -140,6 +143,150 @@ impl Backend for EtcdBackend {
     }
     fn restart(&self) {
         tokio::task::block_in_place(|| self.etcd.lock().unwrap().restart());
+    }
+}
+
+/// etcd through the v2 keys API (`--enable-v2`); raw access over plain HTTP.
+struct Etcd2Backend {
+    etcd: Mutex<Etcd>,
+    cfg: patroni::config::Etcd3Config,
+    http: reqwest::Client,
+    keys_url: String,
+}
+
+impl Etcd2Backend {
+    async fn start() -> Etcd2Backend {
+        let etcd = tokio::task::block_in_place(Etcd::start);
+        Etcd2Backend {
+            cfg: etcd.etcd3_config(),
+            keys_url: format!("{}/v2/keys{PREFIX}", etcd.endpoint()),
+            etcd: Mutex::new(etcd),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Backend for Etcd2Backend {
+    type D = Etcd2Dcs;
+    async fn member(&self, name: &str) -> Etcd2Dcs {
+        Etcd2Dcs::connect(
+            &self.cfg,
+            NAMESPACE,
+            SCOPE,
+            name,
+            self.ttl(),
+            self.retry_timeout(),
+        )
+        .expect("etcd v2 client")
+    }
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    async fn pass(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+    async fn put_raw(&self, rel: &str, value: &str) {
+        let url = format!("{}{rel}", self.keys_url);
+        let r = self.http.put(url).form(&[("value", value)]).send().await;
+        assert!(r.expect("raw put").status().is_success());
+    }
+    async fn get_raw(&self, rel: &str) -> Option<String> {
+        let url = format!("{}{rel}?quorum=true", self.keys_url);
+        let v: serde_json::Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        v["node"]["value"].as_str().map(str::to_string)
+    }
+    async fn delete_raw(&self, rel: &str) {
+        let url = format!("{}{rel}", self.keys_url);
+        self.http.delete(url).send().await.expect("raw delete");
+    }
+    fn stop(&self) {
+        tokio::task::block_in_place(|| self.etcd.lock().unwrap().stop());
+    }
+    fn restart(&self) {
+        tokio::task::block_in_place(|| self.etcd.lock().unwrap().restart());
+    }
+}
+
+/// A real ZooKeeper; raw access through a separate session.
+struct ZkBackend {
+    zk: Mutex<ZooKeeper>,
+    cfg: patroni::config::ZooKeeperConfig,
+    raw: zookeeper_client::Client,
+}
+
+impl ZkBackend {
+    async fn start() -> ZkBackend {
+        let zk = tokio::task::block_in_place(ZooKeeper::start);
+        let raw = zookeeper_client::Client::connect(&zk.hosts())
+            .await
+            .expect("raw ZooKeeper client");
+        ZkBackend {
+            cfg: zk.config(),
+            zk: Mutex::new(zk),
+            raw,
+        }
+    }
+    fn path(rel: &str) -> String {
+        format!("{PREFIX}{rel}")
+    }
+}
+
+impl Backend for ZkBackend {
+    type D = ZooKeeperDcs;
+    async fn member(&self, name: &str) -> ZooKeeperDcs {
+        ZooKeeperDcs::connect(
+            &self.cfg,
+            NAMESPACE,
+            SCOPE,
+            name,
+            self.ttl(),
+            self.retry_timeout(),
+        )
+        .await
+        .expect("ZooKeeper handle")
+    }
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    async fn pass(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+    async fn put_raw(&self, rel: &str, value: &str) {
+        use zookeeper_client::{Acls, CreateMode, Error};
+        let path = Self::path(rel);
+        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let parent = &path[..path.rfind('/').unwrap()];
+        self.raw.mkdir(parent, &opts).await.expect("raw mkdir");
+        match self.raw.create(&path, value.as_bytes(), &opts).await {
+            Err(Error::NodeExists) => {
+                self.raw
+                    .set_data(&path, value.as_bytes(), None)
+                    .await
+                    .expect("raw set");
+            }
+            r => {
+                r.expect("raw create");
+            }
+        }
+    }
+    async fn get_raw(&self, rel: &str) -> Option<String> {
+        let (data, _) = self.raw.get_data(&Self::path(rel)).await.ok()?;
+        Some(String::from_utf8(data).expect("utf8"))
+    }
+    async fn delete_raw(&self, rel: &str) {
+        let _ = self.raw.delete(&Self::path(rel), None).await;
+    }
+    fn stop(&self) {
+        tokio::task::block_in_place(|| self.zk.lock().unwrap().stop());
+    }
+    fn restart(&self) {
+        tokio::task::block_in_place(|| self.zk.lock().unwrap().restart());
     }
 }
 
@@ -596,6 +743,24 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $behaviour() {
                     let b = super::EtcdBackend::start().await;
+                    super::$behaviour(&b).await;
+                }
+            )*
+        }
+        mod etcd2_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let b = super::Etcd2Backend::start().await;
+                    super::$behaviour(&b).await;
+                }
+            )*
+        }
+        mod zookeeper_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let b = super::ZkBackend::start().await;
                     super::$behaviour(&b).await;
                 }
             )*

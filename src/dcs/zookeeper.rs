@@ -72,6 +72,14 @@ struct Inner {
     leader_names: Mutex<BTreeMap<i64, String>>,
 }
 
+/// Where and how to connect.
+struct Target {
+    hosts: String,
+    source: Option<Arc<dyn HostsSource>>,
+    auth: Vec<(String, Vec<u8>)>,
+    acls: Vec<Acl>,
+}
+
 /// One member's handle on a ZooKeeper ensemble.
 pub struct ZooKeeperDcs {
     inner: Arc<Inner>,
@@ -136,34 +144,37 @@ impl ZooKeeperDcs {
                     .into(),
             ));
         }
-        let mut d = Self::with_hosts(
-            hosts.join(","),
-            None,
-            namespace,
-            scope,
-            name,
-            ttl,
-            retry_timeout,
-        );
-        let inner = Arc::get_mut(&mut d.inner).expect("not shared yet");
+        let mut auth = Vec::new();
         for (scheme, cred) in cfg.auth_data.iter().flatten() {
             let cred = cred
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| cred.to_string());
-            inner.auth.push((scheme.clone(), cred.into_bytes()));
+            auth.push((scheme.clone(), cred.into_bytes()));
         }
+        let mut acls = Vec::new();
         for (principal, perms) in cfg.set_acls.iter().flatten() {
             let perm = parse_permissions(perms).ok_or_else(|| {
                 DcsError::Rejected(format!(
                     "zookeeper.set_acls.{principal}: unknown permission"
                 ))
             })?;
-            inner
-                .acls
-                .push(Acl::new(perm, AuthId::new("x509", principal)));
+            acls.push(Acl::new(perm, AuthId::new("x509", principal)));
         }
-        Ok(d)
+        let target = Target {
+            hosts: hosts.join(","),
+            source: None,
+            auth,
+            acls,
+        };
+        Ok(Self::build(
+            target,
+            namespace,
+            scope,
+            name,
+            ttl,
+            retry_timeout,
+        ))
     }
 
     /// A handle on the ensemble at `hosts` (a connect string), optionally refreshed
@@ -177,13 +188,30 @@ impl ZooKeeperDcs {
         ttl: Duration,
         retry_timeout: Duration,
     ) -> ZooKeeperDcs {
-        let inner = Arc::new(Inner {
-            hosts: Mutex::new(hosts),
-            hosts_source: source,
-            prefix: keys::cluster_prefix(namespace, scope),
-            name: name.to_string(),
+        let target = Target {
+            hosts,
+            source,
             auth: Vec::new(),
             acls: Vec::new(),
+        };
+        Self::build(target, namespace, scope, name, ttl, retry_timeout)
+    }
+
+    fn build(
+        target: Target,
+        namespace: &str,
+        scope: &str,
+        name: &str,
+        ttl: Duration,
+        retry_timeout: Duration,
+    ) -> ZooKeeperDcs {
+        let inner = Arc::new(Inner {
+            hosts: Mutex::new(target.hosts),
+            hosts_source: target.source,
+            prefix: keys::cluster_prefix(namespace, scope),
+            name: name.to_string(),
+            auth: target.auth,
+            acls: target.acls,
             settings: Mutex::new(Settings { ttl, retry_timeout }),
             session: tokio::sync::Mutex::new(SessionSlot::default()),
             leader_names: Mutex::new(BTreeMap::new()),

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod etcd;
 pub mod postgres;
+pub mod zookeeper;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
