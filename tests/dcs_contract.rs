@@ -806,3 +806,81 @@ async fn etcd_dead_endpoint_is_skipped() {
         );
     }
 }
+
+/// Exhibitor: the ZooKeeper connect string comes from Exhibitor's documented
+/// `/exhibitor/v1/cluster/list` JSON (served by a fixture), is used for the session,
+/// and is refreshed every `poll_interval`; an Exhibitor outage keeps the last list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhibitor_host_list_is_polled_and_used() {
+    use patroni::dcs::exhibitor::{self, CLUSTER_LIST_PATH};
+    let zk = tokio::task::block_in_place(ZooKeeper::start);
+    let answer = Arc::new(Mutex::new(
+        serde_json::json!({"servers": ["127.0.0.1"], "port": zk.client_port}),
+    ));
+    let app = {
+        let answer = answer.clone();
+        axum::Router::new().route(
+            CLUSTER_LIST_PATH,
+            axum::routing::get(move || {
+                let v = answer.lock().unwrap().clone();
+                async move { axum::Json(v) }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cfg = patroni::config::ExhibitorConfig {
+        hosts: Some(serde_json::json!(["127.0.0.1"])),
+        port: Some(port),
+        poll_interval: Some(1),
+        ..Default::default()
+    };
+    let ttl = Duration::from_secs(5);
+    let x = exhibitor::connect(&cfg, NAMESPACE, SCOPE, "pg0", ttl, ttl)
+        .await
+        .expect("exhibitor connect");
+    assert_eq!(x.hosts(), format!("127.0.0.1:{}", zk.client_port));
+    assert!(x.attempt_to_acquire_leader().await.unwrap());
+    assert_eq!(x.get_cluster().await.unwrap().leader_name(), Some("pg0"));
+
+    // The ensemble grows: the next poll after poll_interval picks it up (sorted).
+    *answer.lock().unwrap() =
+        serde_json::json!({"servers": ["localhost", "127.0.0.1"], "port": zk.client_port});
+    let p = zk.client_port;
+    let want = format!("127.0.0.1:{p},localhost:{p}");
+    eventually(Duration::from_secs(10), "new host list", || async {
+        x.get_cluster().await.unwrap();
+        (x.hosts() == want).then_some(())
+    })
+    .await;
+
+    // Exhibitor goes away: the store keeps working with the last list.
+    server.abort();
+    let _ = server.await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let c = x.get_cluster().await.expect("ZooKeeper still reachable");
+    assert_eq!(c.leader_name(), Some("pg0"));
+    assert_eq!(x.hosts(), want);
+}
+
+/// etcd v2: with one dead endpoint first in the list, calls still succeed via the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd2_dead_endpoint_is_skipped() {
+    let b = Etcd2Backend::start().await;
+    let dead = support::free_port();
+    let mut cfg = b.cfg.clone();
+    let live = b.etcd.lock().unwrap().client_port;
+    cfg.hosts = Some(serde_json::json!([
+        format!("127.0.0.1:{dead}"),
+        format!("127.0.0.1:{live}")
+    ]));
+    let x = Etcd2Dcs::connect(&cfg, NAMESPACE, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert!(x.attempt_to_acquire_leader().await.is_ok());
+        assert_eq!(x.get_cluster().await.unwrap().leader_name(), Some("pg0"));
+        assert!(start.elapsed() < b.retry_timeout(), "{:?}", start.elapsed());
+    }
+}
