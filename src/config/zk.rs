@@ -38,14 +38,12 @@ pub struct ZooKeeperConfig {
 }
 
 impl ZooKeeperConfig {
-    /// `host:port` entries (port 2181 added where missing), in configured order.
+    /// `host:port` entries (`:2181` added to a bare host name), in configured order.
     pub fn host_list(&self) -> Vec<String> {
         host_list(self.hosts.as_ref())
             .into_iter()
             .map(|h| {
-                if h.rsplit_once(':')
-                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-                {
+                if h.contains(':') {
                     h
                 } else {
                     format!("{h}:{ZOOKEEPER_DEFAULT_PORT}")
@@ -113,6 +111,21 @@ mod tests {
             serde_json::from_value(json!({"hosts": ["x:5"], "use_ssl": "true"})).unwrap();
         assert_eq!(c.host_list(), vec!["x:5"]);
         assert!(c.use_ssl());
+    }
+
+    #[test]
+    fn sections_load_from_yaml() {
+        let yaml = "scope: s\nname: n\nzookeeper:\n  hosts: a:1, 'b'\n  auth_data: {digest: 'u:p'}\n\
+                    exhibitor: {hosts: 'e1, e2', port: 8181, poll_interval: 10}\n";
+        let c = crate::config::load_str(yaml).unwrap();
+        let zk = c.zookeeper.unwrap();
+        assert_eq!(zk.host_list(), vec!["a:1", "b:2181"]);
+        assert_eq!(zk.auth_data.unwrap().get("digest"), Some(&json!("u:p")));
+        let ex = c.exhibitor.unwrap();
+        assert_eq!(
+            (ex.host_list(), ex.port, ex.poll_interval()),
+            (vec!["e1".to_string(), "e2".into()], Some(8181), 10)
+        );
     }
 
     #[test]

@@ -12,90 +12,20 @@
 //! Requests rotate over the configured endpoints and are retried until `retry_timeout`
 //! is spent. Unreachable store -> `Err`, failed comparison -> `Ok(false)`.
 
-use super::{Cluster, Dcs, DcsError, DcsResult, MemberData, RawNode, Status, keys};
+use super::{Cluster, Dcs, DcsError, DcsResult, MemberData, Status, keys};
 use crate::config::Etcd3Config;
 use async_trait::async_trait;
-use reqwest::{Method, StatusCode, Url};
-use serde::Deserialize;
+use reqwest::{Method, Url};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod wire;
+
+use wire::{COMPARE_FAILED, EVENT_INDEX_CLEARED, KEY_NOT_FOUND, NODE_EXISTS, Reply, Req, flatten};
+
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// etcd v2 error codes we act on.
-const KEY_NOT_FOUND: i64 = 100;
-const COMPARE_FAILED: i64 = 101;
-const NODE_EXISTS: i64 = 105;
-const EVENT_INDEX_CLEARED: i64 = 401;
-
-#[derive(Debug, Deserialize, Default)]
-struct V2Node {
-    key: String,
-    #[serde(default)]
-    value: Option<String>,
-    #[serde(default)]
-    dir: bool,
-    #[serde(default)]
-    nodes: Vec<V2Node>,
-    #[serde(default)]
-    ttl: Option<i64>,
-    #[serde(rename = "modifiedIndex", default)]
-    modified_index: i64,
-    #[serde(rename = "createdIndex", default)]
-    created_index: i64,
-}
-
-/// A v2 answer: either an action with nodes or an error object.
-#[derive(Debug, Deserialize, Default)]
-struct V2Body {
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    node: Option<V2Node>,
-    #[serde(rename = "prevNode", default)]
-    prev_node: Option<V2Node>,
-    #[serde(rename = "errorCode", default)]
-    error_code: Option<i64>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    cause: Option<String>,
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    /// `X-Etcd-Index`: the store's index when the answer was made.
-    etcd_index: Option<i64>,
-    body: V2Body,
-}
-
-impl Reply {
-    fn ok(&self) -> bool {
-        self.status.is_success()
-    }
-    fn code(&self) -> Option<i64> {
-        self.body.error_code
-    }
-    /// Success, a lost comparison (`false`), or an error the caller cannot act on.
-    fn cas(self, what: &str) -> DcsResult<bool> {
-        match self.code() {
-            _ if self.ok() => Ok(true),
-            Some(KEY_NOT_FOUND | COMPARE_FAILED | NODE_EXISTS) => Ok(false),
-            _ => Err(self.rejected(what)),
-        }
-    }
-    fn rejected(&self, what: &str) -> DcsError {
-        DcsError::Rejected(format!(
-            "{what}: etcd answered {} {} ({})",
-            self.status,
-            self.body.message.as_deref().unwrap_or(""),
-            self.body.cause.as_deref().unwrap_or("")
-        ))
-    }
-}
 
 #[derive(Debug)]
 struct Settings {
@@ -115,33 +45,6 @@ pub struct Etcd2Dcs {
     settings: Mutex<Settings>,
 }
 
-/// One request: the key relative to the cluster prefix, query and form parameters.
-struct Req<'a> {
-    method: Method,
-    rel: &'a str,
-    query: Vec<(&'static str, String)>,
-    form: Vec<(&'static str, String)>,
-}
-
-impl<'a> Req<'a> {
-    fn new(method: Method, rel: &'a str) -> Self {
-        Req {
-            method,
-            rel,
-            query: Vec::new(),
-            form: Vec::new(),
-        }
-    }
-    fn q(mut self, k: &'static str, v: impl ToString) -> Self {
-        self.query.push((k, v.to_string()));
-        self
-    }
-    fn f(mut self, k: &'static str, v: impl ToString) -> Self {
-        self.form.push((k, v.to_string()));
-        self
-    }
-}
-
 impl Etcd2Dcs {
     /// Build the client; no request is made, so this succeeds while etcd is down.
     pub fn connect(
@@ -152,10 +55,27 @@ impl Etcd2Dcs {
         ttl: Duration,
         retry_timeout: Duration,
     ) -> DcsResult<Etcd2Dcs> {
+        let mut configured = cfg.endpoints();
+        // `proxy:` is one more URL to talk to (upstream then skips topology discovery,
+        // which this client never does: it uses the configured endpoints as given).
+        if let Some(proxy) = cfg.extra.get("proxy").and_then(|v| v.as_str()) {
+            configured.push(proxy.to_string());
+        }
+        if configured.is_empty() && cfg.extra.contains_key("srv") {
+            return Err(DcsError::Rejected(
+                "etcd.srv: DNS SRV discovery is not supported; list the endpoints in etcd.hosts"
+                    .into(),
+            ));
+        }
         let mut endpoints = Vec::new();
-        for e in cfg.endpoints() {
+        for e in configured {
             let url = Url::parse(&e)
                 .map_err(|err| DcsError::Rejected(format!("etcd endpoint {e:?}: {err}")))?;
+            if url.scheme() != "http" {
+                return Err(DcsError::Rejected(format!(
+                    "etcd endpoint {e}: only http:// is supported by this build (no TLS client)"
+                )));
+            }
             endpoints.push(url);
         }
         if endpoints.is_empty() {
@@ -378,30 +298,6 @@ impl Etcd2Dcs {
     }
 }
 
-/// Flatten a recursive directory listing into keys relative to `prefix`.
-fn flatten(node: V2Node, prefix: &str, out: &mut Vec<RawNode>) {
-    if node.dir {
-        for child in node.nodes {
-            flatten(child, prefix, out);
-        }
-        return;
-    }
-    let Some(rel) = node.key.strip_prefix(prefix) else {
-        return;
-    };
-    let version = if rel == keys::LEADER {
-        node.created_index
-    } else {
-        node.modified_index
-    };
-    out.push(RawNode {
-        key: rel.to_string(),
-        value: node.value.unwrap_or_default(),
-        version,
-        session: node.ttl,
-    });
-}
-
 fn status_json(status: &Status) -> String {
     serde_json::to_string(status).unwrap_or_else(|_| "{}".into())
 }
@@ -604,30 +500,6 @@ impl Dcs for Etcd2Dcs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listing_is_flattened_with_upstream_versions() {
-        let json = r#"{"action":"get","node":{"key":"/service/b","dir":true,"nodes":[
-            {"key":"/service/b/leader","value":"pg0","ttl":10,"modifiedIndex":9,"createdIndex":4},
-            {"key":"/service/b/config","value":"{}","modifiedIndex":3,"createdIndex":3},
-            {"key":"/service/b/members","dir":true,"nodes":[
-                {"key":"/service/b/members/pg0","value":"{}","ttl":7,"modifiedIndex":8,"createdIndex":5}]}]}}"#;
-        let body: V2Body = serde_json::from_str(json).unwrap();
-        let mut out = Vec::new();
-        flatten(body.node.unwrap(), "/service/b/", &mut out);
-        let got: Vec<(&str, i64, Option<i64>)> = out
-            .iter()
-            .map(|n| (n.key.as_str(), n.version, n.session))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("leader", 4, Some(10)),
-                ("config", 3, None),
-                ("members/pg0", 8, Some(7))
-            ]
-        );
-    }
 
     #[test]
     fn urls_escape_names() {

@@ -188,7 +188,7 @@ impl Inner {
                     Err(ZkError::NoNode) => return Ok(None),
                     r => r?,
                 };
-                if !self.leader_name_at(v).is_some_and(|n| n.as_bytes() == data) {
+                if self.leader_name_at(v).is_none_or(|n| n.as_bytes() != data) {
                     return Ok(None);
                 }
                 self.remember_leader(stat.czxid, &text(data));
