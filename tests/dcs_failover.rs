@@ -68,6 +68,40 @@ fn kill9_failover_and_rejoin(dcs: DcsKind) {
     eventually(Duration::from_secs(60), "3 rows on the old primary", || {
         (rows_on(&c, old)? == "3").then_some(())
     });
+    if dcs == DcsKind::Etcd2 {
+        upstream_patronictl_lists(&c, new);
+    }
+}
+
+/// Upstream patronictl (its venv has the etcd v2 client) reads our keys: three
+/// members, `leader` the new primary, two streaming replicas.
+fn upstream_patronictl_lists(c: &Cluster, leader: usize) {
+    let venv = std::process::Command::new("scripts/upstream-venv.sh")
+        .output()
+        .expect("upstream venv script");
+    assert!(
+        venv.status.success(),
+        "creating the upstream venv failed: {}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let ctl = String::from_utf8_lossy(&venv.stdout).trim().to_string();
+    let cfg = c.nodes[leader].config.to_str().unwrap().to_string();
+    eventually(Duration::from_secs(60), "upstream patronictl list", || {
+        let out = std::process::Command::new(&ctl)
+            .args(["-c", &cfg, "list", "-f", "json"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows = v.as_array()?;
+        let leader_ok = rows
+            .iter()
+            .any(|r| r["Role"] == "Leader" && r["Member"] == c.nodes[leader].name.as_str());
+        let streaming = rows
+            .iter()
+            .filter(|r| r["Role"] == "Replica" && r["State"] == "streaming")
+            .count();
+        (rows.len() == 3 && leader_ok && streaming == 2).then_some(())
+    });
 }
 
 #[test]
