@@ -162,20 +162,32 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
 }
 
 async fn connect_dcs(cfg: &Config) -> Result<Arc<dyn patroni::dcs::Dcs>> {
+    use patroni::dcs::{etcd2, etcd3, exhibitor, zookeeper};
     let dynamic = patroni::config::dynamic::DynamicConfig::from_map(&cfg.bootstrap.dcs).0;
     let ttl = Duration::from_secs(dynamic.ttl);
-    let retry_timeout = Duration::from_secs(dynamic.retry_timeout);
+    let retry = Duration::from_secs(dynamic.retry_timeout);
+    let (ns, scope, name) = (&cfg.namespace, &cfg.scope, &cfg.name);
     if let Some(etcd) = cfg.etcd3.as_ref() {
-        let d = patroni::dcs::etcd3::Etcd3Dcs::connect(
-            etcd,
-            &cfg.namespace,
-            &cfg.scope,
-            &cfg.name,
-            ttl,
-            retry_timeout,
-        )
-        .await
-        .context("connecting to etcd")?;
+        let d = etcd3::Etcd3Dcs::connect(etcd, ns, scope, name, ttl, retry)
+            .await
+            .context("connecting to etcd")?;
+        return Ok(Arc::new(d));
+    }
+    if let Some(etcd) = cfg.etcd.as_ref() {
+        let d = etcd2::Etcd2Dcs::connect(etcd, ns, scope, name, ttl, retry)
+            .context("setting up the etcd (v2 API) client")?;
+        return Ok(Arc::new(d));
+    }
+    if let Some(ex) = cfg.exhibitor.as_ref() {
+        let d = exhibitor::connect(ex, ns, scope, name, ttl, retry)
+            .await
+            .context("asking Exhibitor for the ZooKeeper ensemble")?;
+        return Ok(Arc::new(d));
+    }
+    if let Some(zk) = cfg.zookeeper.as_ref() {
+        let d = zookeeper::ZooKeeperDcs::connect(zk, ns, scope, name, ttl, retry)
+            .await
+            .context("setting up the ZooKeeper client")?;
         return Ok(Arc::new(d));
     }
     if let Some(consul) = cfg.consul.as_ref() {
@@ -185,7 +197,7 @@ async fn connect_dcs(cfg: &Config) -> Result<Arc<dyn patroni::dcs::Dcs>> {
             &cfg.scope,
             &cfg.name,
             ttl,
-            retry_timeout,
+            retry,
         )
         .context("setting up the Consul client")?;
         return Ok(Arc::new(d));
@@ -194,17 +206,14 @@ async fn connect_dcs(cfg: &Config) -> Result<Arc<dyn patroni::dcs::Dcs>> {
         let server = patroni::dcs::kubernetes::ApiServer::discover(k8s.context.as_deref())
             .context("finding the Kubernetes API server")?;
         let d = patroni::dcs::kubernetes::KubernetesDcs::new(
-            k8s,
-            server,
-            &cfg.scope,
-            &cfg.name,
-            ttl,
-            retry_timeout,
+            k8s, server, &cfg.scope, &cfg.name, ttl, retry,
         )
         .context("setting up the Kubernetes client")?;
         return Ok(Arc::new(d));
     }
-    bail!("no supported DCS section: configure `etcd3:`, `consul:` or `kubernetes:`");
+    bail!(
+        "no supported DCS section: configure `etcd3:`, `etcd:`, `zookeeper:`, `exhibitor:`, `consul:` or `kubernetes:`"
+    );
 }
 
 async fn wait_for_termination() {

@@ -4,15 +4,18 @@
 mod support;
 
 use patroni::dcs::consul::ConsulDcs;
+use patroni::dcs::etcd2::Etcd2Dcs;
 use patroni::dcs::etcd3::Etcd3Dcs;
 use patroni::dcs::kubernetes::{ApiServer, KubernetesDcs};
 use patroni::dcs::mem::{MemDcs, MemStore};
+use patroni::dcs::zookeeper::ZooKeeperDcs;
 use patroni::dcs::{Dcs, DcsResult, MemberData, PgState, Role, Status};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::consul::ConsulFixture;
 use support::etcd::Etcd;
 use support::kube::KubeFixture;
+use support::zookeeper::ZooKeeper;
 
 const NAMESPACE: &str = "/service/";
 const SCOPE: &str = "batman";
@@ -149,6 +152,150 @@ impl Backend for EtcdBackend {
     }
     fn restart(&self) {
         tokio::task::block_in_place(|| self.etcd.lock().unwrap().restart());
+    }
+}
+
+/// etcd through the v2 keys API (`--enable-v2`); raw access over plain HTTP.
+struct Etcd2Backend {
+    etcd: Mutex<Etcd>,
+    cfg: patroni::config::Etcd3Config,
+    http: reqwest::Client,
+    keys_url: String,
+}
+
+impl Etcd2Backend {
+    async fn start() -> Etcd2Backend {
+        let etcd = tokio::task::block_in_place(Etcd::start);
+        Etcd2Backend {
+            cfg: etcd.etcd3_config(),
+            keys_url: format!("{}/v2/keys{PREFIX}", etcd.endpoint()),
+            etcd: Mutex::new(etcd),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Backend for Etcd2Backend {
+    type D = Etcd2Dcs;
+    async fn member(&self, name: &str) -> Etcd2Dcs {
+        Etcd2Dcs::connect(
+            &self.cfg,
+            NAMESPACE,
+            SCOPE,
+            name,
+            self.ttl(),
+            self.retry_timeout(),
+        )
+        .expect("etcd v2 client")
+    }
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    async fn pass(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+    async fn put_raw(&self, rel: &str, value: &str) {
+        let url = format!("{}{rel}", self.keys_url);
+        let r = self.http.put(url).form(&[("value", value)]).send().await;
+        assert!(r.expect("raw put").status().is_success());
+    }
+    async fn get_raw(&self, rel: &str) -> Option<String> {
+        let url = format!("{}{rel}?quorum=true", self.keys_url);
+        let v: serde_json::Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        v["node"]["value"].as_str().map(str::to_string)
+    }
+    async fn delete_raw(&self, rel: &str) {
+        let url = format!("{}{rel}", self.keys_url);
+        self.http.delete(url).send().await.expect("raw delete");
+    }
+    fn stop(&self) {
+        tokio::task::block_in_place(|| self.etcd.lock().unwrap().stop());
+    }
+    fn restart(&self) {
+        tokio::task::block_in_place(|| self.etcd.lock().unwrap().restart());
+    }
+}
+
+/// A real ZooKeeper; raw access through a separate session.
+struct ZkBackend {
+    zk: Mutex<ZooKeeper>,
+    cfg: patroni::config::ZooKeeperConfig,
+    raw: zookeeper_client::Client,
+}
+
+impl ZkBackend {
+    async fn start() -> ZkBackend {
+        let zk = tokio::task::block_in_place(ZooKeeper::start);
+        let raw = zookeeper_client::Client::connect(&zk.hosts())
+            .await
+            .expect("raw ZooKeeper client");
+        ZkBackend {
+            cfg: zk.config(),
+            zk: Mutex::new(zk),
+            raw,
+        }
+    }
+    fn path(rel: &str) -> String {
+        format!("{PREFIX}{rel}")
+    }
+}
+
+impl Backend for ZkBackend {
+    type D = ZooKeeperDcs;
+    async fn member(&self, name: &str) -> ZooKeeperDcs {
+        ZooKeeperDcs::connect(
+            &self.cfg,
+            NAMESPACE,
+            SCOPE,
+            name,
+            self.ttl(),
+            self.retry_timeout(),
+        )
+        .await
+        .expect("ZooKeeper handle")
+    }
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+    async fn pass(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+    async fn put_raw(&self, rel: &str, value: &str) {
+        use zookeeper_client::{Acls, CreateMode, Error};
+        let path = Self::path(rel);
+        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let parent = &path[..path.rfind('/').unwrap()];
+        self.raw.mkdir(parent, &opts).await.expect("raw mkdir");
+        match self.raw.create(&path, value.as_bytes(), &opts).await {
+            Err(Error::NodeExists) => {
+                self.raw
+                    .set_data(&path, value.as_bytes(), None)
+                    .await
+                    .expect("raw set");
+            }
+            r => {
+                r.expect("raw create");
+            }
+        }
+    }
+    async fn get_raw(&self, rel: &str) -> Option<String> {
+        let (data, _) = self.raw.get_data(&Self::path(rel)).await.ok()?;
+        Some(String::from_utf8(data).expect("utf8"))
+    }
+    async fn delete_raw(&self, rel: &str) {
+        let _ = self.raw.delete(&Self::path(rel), None).await;
+    }
+    fn stop(&self) {
+        tokio::task::block_in_place(|| self.zk.lock().unwrap().stop());
+    }
+    fn restart(&self) {
+        tokio::task::block_in_place(|| self.zk.lock().unwrap().restart());
     }
 }
 
@@ -829,6 +976,24 @@ macro_rules! contract {
                 }
             )*
         }
+        mod etcd2_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let b = super::Etcd2Backend::start().await;
+                    super::$behaviour(&b).await;
+                }
+            )*
+        }
+        mod zookeeper_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let b = super::ZkBackend::start().await;
+                    super::$behaviour(&b).await;
+                }
+            )*
+        }
     };
 }
 
@@ -1005,4 +1170,82 @@ async fn kubernetes_wrong_token_is_rejected() {
     let x = KubernetesDcs::new(&b.cfg, server, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
     let err = x.get_cluster().await.unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+/// Exhibitor: the ZooKeeper connect string comes from Exhibitor's documented
+/// `/exhibitor/v1/cluster/list` JSON (served by a fixture), is used for the session,
+/// and is refreshed every `poll_interval`; an Exhibitor outage keeps the last list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhibitor_host_list_is_polled_and_used() {
+    use patroni::dcs::exhibitor::{self, CLUSTER_LIST_PATH};
+    let zk = tokio::task::block_in_place(ZooKeeper::start);
+    let answer = Arc::new(Mutex::new(
+        serde_json::json!({"servers": ["127.0.0.1"], "port": zk.client_port}),
+    ));
+    let app = {
+        let answer = answer.clone();
+        axum::Router::new().route(
+            CLUSTER_LIST_PATH,
+            axum::routing::get(move || {
+                let v = answer.lock().unwrap().clone();
+                async move { axum::Json(v) }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cfg = patroni::config::ExhibitorConfig {
+        hosts: Some(serde_json::json!(["127.0.0.1"])),
+        port: Some(port),
+        poll_interval: Some(1),
+        ..Default::default()
+    };
+    let ttl = Duration::from_secs(5);
+    let x = exhibitor::connect(&cfg, NAMESPACE, SCOPE, "pg0", ttl, ttl)
+        .await
+        .expect("exhibitor connect");
+    assert_eq!(x.hosts(), format!("127.0.0.1:{}", zk.client_port));
+    assert!(x.attempt_to_acquire_leader().await.unwrap());
+    assert_eq!(x.get_cluster().await.unwrap().leader_name(), Some("pg0"));
+
+    // The ensemble grows: the next poll after poll_interval picks it up (sorted).
+    *answer.lock().unwrap() =
+        serde_json::json!({"servers": ["localhost", "127.0.0.1"], "port": zk.client_port});
+    let p = zk.client_port;
+    let want = format!("127.0.0.1:{p},localhost:{p}");
+    eventually(Duration::from_secs(10), "new host list", || async {
+        x.get_cluster().await.unwrap();
+        (x.hosts() == want).then_some(())
+    })
+    .await;
+
+    // Exhibitor goes away: the store keeps working with the last list.
+    server.abort();
+    let _ = server.await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let c = x.get_cluster().await.expect("ZooKeeper still reachable");
+    assert_eq!(c.leader_name(), Some("pg0"));
+    assert_eq!(x.hosts(), want);
+}
+
+/// etcd v2: with one dead endpoint first in the list, calls still succeed via the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd2_dead_endpoint_is_skipped() {
+    let b = Etcd2Backend::start().await;
+    let dead = support::free_port();
+    let mut cfg = b.cfg.clone();
+    let live = b.etcd.lock().unwrap().client_port;
+    cfg.hosts = Some(serde_json::json!([
+        format!("127.0.0.1:{dead}"),
+        format!("127.0.0.1:{live}")
+    ]));
+    let x = Etcd2Dcs::connect(&cfg, NAMESPACE, SCOPE, "pg0", b.ttl(), b.retry_timeout()).unwrap();
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert!(x.attempt_to_acquire_leader().await.is_ok());
+        assert_eq!(x.get_cluster().await.unwrap().leader_name(), Some("pg0"));
+        assert!(start.elapsed() < b.retry_timeout(), "{:?}", start.elapsed());
+    }
 }

@@ -499,6 +499,24 @@ mod tests {
             ),
             (
                 &[
+                    ("PATRONI_ZOOKEEPER_HOSTS", "'zk1:2181','zk2:2181'"),
+                    ("PATRONI_ZOOKEEPER_USE_SSL", "false"),
+                    ("PATRONI_ZOOKEEPER_VERIFY", "false"),
+                    ("PATRONI_ZOOKEEPER_AUTH_DATA", "digest: 'u:p'"),
+                    ("PATRONI_ZOOKEEPER_SET_ACLS", "CN=p: [READ]"),
+                ],
+                json!({"zookeeper": {"hosts": ["zk1:2181", "zk2:2181"], "use_ssl": "false",
+                    "verify": false, "auth_data": {"digest": "u:p"}, "set_acls": {"CN=p": ["READ"]}}}),
+            ),
+            (
+                &[
+                    ("PATRONI_EXHIBITOR_HOSTS", "'e1','e2'"),
+                    ("PATRONI_EXHIBITOR_PORT", "8181"),
+                ],
+                json!({"exhibitor": {"hosts": ["e1", "e2"], "port": 8181}}),
+            ),
+            (
+                &[
                     ("PATRONI_LOGLEVEL", "DEBUG"),
                     ("PATRONI_LOG_FILE_NUM", "4"),
                     ("PATRONI_LOG_LOGGERS", "patroni.postmaster: WARNING"),

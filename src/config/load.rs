@@ -236,7 +236,7 @@ fn section_mut<'a>(
 /// `hosts` strings become lists, the namespace gets its slashes, and connect addresses
 /// default the way upstream's runtime does.
 fn normalise(map: &mut Map<String, Value>, warnings: &mut Vec<String>) {
-    for dcs in ["etcd3", "etcd"] {
+    for dcs in ["etcd3", "etcd", "zookeeper", "exhibitor"] {
         if let Some(s) = section_mut(map, dcs)
             && let Some(Value::String(h)) = s.get("hosts")
         {

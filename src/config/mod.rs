@@ -11,6 +11,7 @@ pub mod load;
 pub mod pg_params;
 mod schema;
 pub mod validate;
+pub mod zk;
 
 pub use dcs_sections::{ConsulConfig, KubernetesConfig};
 pub use dynamic::{DynamicConfig, deep_merge_patch, merge_local};
@@ -18,6 +19,7 @@ pub use env::apply_env;
 pub use load::{ConfigError, Loaded, load, load_file, load_str};
 pub use pg_params::{CMDLINE_PARAMS, effective_pg_parameters};
 pub use validate::{ConfigIssue, validate, validate_file};
+pub use zk::{ExhibitorConfig, ZooKeeperConfig};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -41,13 +43,17 @@ pub struct Config {
     pub ctl: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd3: Option<Etcd3Config>,
-    /// etcd v2 API section; not served yet (issue: more DCS backends).
+    /// etcd v2 API section: the same keys as `etcd3` (served by `dcs::etcd2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<Etcd3Config>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consul: Option<ConsulConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<ZooKeeperConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exhibitor: Option<ExhibitorConfig>,
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
     #[serde(default)]

@@ -139,6 +139,18 @@ const KUBERNETES: &[(&str, Node)] = &[
     ("context", Str),
     ("retriable_http_codes", Any),
 ];
+const ZOOKEEPER: &[(&str, Node)] = &[
+    ("hosts", StrOrList),
+    ("use_ssl", BoolLike),
+    ("cacert", Str),
+    ("cert", Str),
+    ("key", Str),
+    ("key_password", Str),
+    ("verify", BoolLike),
+    ("set_acls", Mapping),
+    ("auth_data", Mapping),
+];
+const EXHIBITOR: &[(&str, Node)] = &[("hosts", StrOrList), ("port", Int), ("poll_interval", Int)];
 const BOOTSTRAP: &[(&str, Node)] = &[
     ("dcs", Mapping),
     ("initdb", List),
@@ -211,7 +223,7 @@ const TAGS: &[(&str, Node)] = &[
     ("sync_priority", Int),
 ];
 /// DCS sections upstream knows but this implementation does not serve (yet).
-pub const OTHER_DCS: &[&str] = &["zookeeper", "exhibitor", "raft"];
+pub const OTHER_DCS: &[&str] = &["raft"];
 
 /// The whole local file. Top-level dynamic settings are handled by the caller.
 pub const ROOT: &[(&str, Node)] = &[
@@ -228,8 +240,8 @@ pub const ROOT: &[(&str, Node)] = &[
     ("watchdog", Section(WATCHDOG, false)),
     ("tags", Section(TAGS, true)),
     ("consul", Section(CONSUL, false)),
-    ("zookeeper", Any),
-    ("exhibitor", Any),
+    ("zookeeper", Section(ZOOKEEPER, false)),
+    ("exhibitor", Section(EXHIBITOR, false)),
     ("kubernetes", Section(KUBERNETES, false)),
     ("raft", Any),
     ("citus", Any),

@@ -2,7 +2,7 @@
 
 use super::dynamic_check::validate_dynamic_map;
 use super::load::{Loaded, load_lenient};
-use super::{Config, Credentials, Etcd3Config};
+use super::{Config, Credentials, Etcd3Config, ExhibitorConfig, ZooKeeperConfig};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -315,12 +315,16 @@ fn check_dcs(cfg: &Config, out: &mut Issues) {
         out.0.extend(k.issues("kubernetes"));
         return;
     }
-    if cfg.etcd.is_some() {
-        out.add(
-            "etcd",
-            "the etcd v2 API is not supported yet; use an `etcd3:` section with the same keys \
-             (note: data written through v2 is not visible through v3)",
-        );
+    if let Some(e) = &cfg.etcd {
+        check_etcd_section(e, "etcd", out);
+        return;
+    }
+    if let Some(e) = &cfg.exhibitor {
+        check_exhibitor_section(e, out);
+        return;
+    }
+    if let Some(z) = &cfg.zookeeper {
+        check_zookeeper_section(z, out);
         return;
     }
     let other: Vec<&str> = super::schema::OTHER_DCS
@@ -338,6 +342,53 @@ fn check_dcs(cfg: &Config, out: &mut Issues) {
             "etcd3",
             "no DCS is configured: add an `etcd3:` section with the etcd hosts",
         );
+    }
+}
+
+fn check_zookeeper_section(z: &ZooKeeperConfig, out: &mut Issues) {
+    let hosts = z.host_list();
+    if hosts.is_empty() {
+        out.add("zookeeper.hosts", "needs at least one ZooKeeper host:port");
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        if let Err(m) = host_port(h) {
+            out.add(&format!("zookeeper.hosts[{i}]"), m);
+        }
+    }
+    if z.use_ssl() {
+        out.add(
+            "zookeeper.use_ssl",
+            "TLS connections to ZooKeeper are not supported by this build; \
+             use a plaintext listener (or a TLS-terminating proxy)",
+        );
+    }
+    for (scheme, cred) in z.auth_data.iter().flatten() {
+        if !cred.is_string() {
+            out.add(
+                &format!("zookeeper.auth_data.{scheme}"),
+                "must be a string credential (e.g. user:password for digest)",
+            );
+        }
+    }
+    for (principal, perms) in z.set_acls.iter().flatten() {
+        if crate::dcs::zookeeper::parse_permissions(perms).is_none() {
+            out.add(
+                &format!("zookeeper.set_acls.{principal}"),
+                "must be a list of CREATE, READ, WRITE, DELETE, ADMIN or ALL",
+            );
+        }
+    }
+}
+
+fn check_exhibitor_section(e: &ExhibitorConfig, out: &mut Issues) {
+    if e.host_list().is_empty() {
+        out.add("exhibitor.hosts", "needs at least one Exhibitor host");
+    }
+    if e.port.is_none() {
+        out.add("exhibitor.port", "the Exhibitor REST port is required");
+    }
+    if e.poll_interval == Some(0) {
+        out.add("exhibitor.poll_interval", "must be at least 1 second");
     }
 }
 
@@ -501,9 +552,33 @@ mod tests {
                 vec!["postgresql.bin_dir"],
             ),
             (json!({"etcd3": null}), vec!["etcd3"]),
+            (json!({"etcd3": null, "etcd": {"host": "h:2379"}}), vec![]),
+            (json!({"etcd3": null, "etcd": {"hosts": []}}), vec!["etcd"]),
             (
-                json!({"etcd3": null, "etcd": {"host": "h:2379"}}),
-                vec!["etcd"],
+                json!({"etcd3": null, "zookeeper": {"hosts": ["a:2181", "b"]}}),
+                vec![],
+            ),
+            (
+                json!({"etcd3": null, "zookeeper": {"hosts": ["a:x"], "use_ssl": true,
+                    "set_acls": {"CN=p": ["READ", "FLY"]}, "auth_data": {"digest": 1}}}),
+                vec![
+                    "zookeeper.auth_data.digest",
+                    "zookeeper.hosts[0]",
+                    "zookeeper.set_acls.CN=p",
+                    "zookeeper.use_ssl",
+                ],
+            ),
+            (
+                json!({"etcd3": null, "exhibitor": {"hosts": "e1,e2", "port": 8181}}),
+                vec![],
+            ),
+            (
+                json!({"etcd3": null, "exhibitor": {"hosts": [], "poll_interval": 0}}),
+                vec![
+                    "exhibitor.hosts",
+                    "exhibitor.poll_interval",
+                    "exhibitor.port",
+                ],
             ),
             (json!({"etcd3": null, "consul": {"host": "h:8500"}}), vec![]),
             (

@@ -5,11 +5,14 @@
 //! (`Cluster::from_nodes`) so every store tolerates bad JSON the same way.
 
 pub mod consul;
+pub mod etcd2;
 pub mod etcd3;
+pub mod exhibitor;
 pub mod keys;
 pub mod kubernetes;
 pub mod mem;
 mod types;
+pub mod zookeeper;
 
 pub use types::*;
 

@@ -2,6 +2,7 @@
 //! free loopback ports in one temp dir. Everything is killed by PID on drop, including
 //! postmasters (which run in their own session and survive their daemon by design).
 use super::etcd::Etcd;
+use super::zookeeper::ZooKeeper;
 use super::{ChildGuard, TestDir, chown_for_postgres, eventually, free_port, wait_port};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -30,9 +31,23 @@ pub struct Node {
     log_n: u32,
 }
 
+/// Which store the daemons use (each has its own config section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DcsKind {
+    /// `etcd3:` (the default of `Cluster::new`).
+    Etcd3,
+    /// `etcd:` through the v2 keys API of the same etcd.
+    Etcd2,
+    /// `zookeeper:` on a real ZooKeeper started for the cluster.
+    ZooKeeper,
+}
+
 pub struct Cluster {
     pub dir: TestDir,
     pub etcd: Etcd,
+    /// Started only for `DcsKind::ZooKeeper`.
+    pub zookeeper: Option<ZooKeeper>,
+    pub dcs: DcsKind,
     pub nodes: Vec<Node>,
     pub haproxy: Option<ChildGuard>,
     pub ha_primary_port: u16,
@@ -43,8 +58,20 @@ pub struct Cluster {
 impl Cluster {
     /// Write configs for `n` nodes and start etcd (daemons are started by `start_all`).
     pub fn new(n: usize, t: &Timing) -> Cluster {
+        Cluster::with_dcs(n, t, DcsKind::Etcd3)
+    }
+
+    /// Like `new`, with the daemons on the given store (etcd is started in any case, as
+    /// `Cluster::etcd` is always there).
+    pub fn with_dcs(n: usize, t: &Timing, dcs: DcsKind) -> Cluster {
         let dir = TestDir::new("cluster-");
         let etcd = Etcd::start();
+        let zookeeper = (dcs == DcsKind::ZooKeeper).then(ZooKeeper::start);
+        let dcs_section = match (dcs, &zookeeper) {
+            (DcsKind::ZooKeeper, Some(zk)) => format!("zookeeper:\n  hosts: ['{}']\n", zk.hosts()),
+            (DcsKind::Etcd2, _) => format!("etcd:\n  hosts: 127.0.0.1:{}\n", etcd.client_port),
+            _ => format!("etcd3:\n  hosts: 127.0.0.1:{}\n", etcd.client_port),
+        };
         let scope = format!("test{}", std::process::id());
         let nodes = (0..n)
             .map(|i| {
@@ -57,7 +84,7 @@ impl Cluster {
                     &scope,
                     pg_port,
                     api_port,
-                    etcd.client_port,
+                    &dcs_section,
                     &data_dir,
                     &dir,
                     t,
@@ -79,6 +106,8 @@ impl Cluster {
         Cluster {
             dir,
             etcd,
+            zookeeper,
+            dcs,
             nodes,
             haproxy: None,
             ha_primary_port: 0,
@@ -331,7 +360,7 @@ pub fn node_yaml(
     scope: &str,
     pg_port: u16,
     api_port: u16,
-    etcd_port: u16,
+    dcs_section: &str,
     data_dir: &std::path::Path,
     dir: &TestDir,
     t: &Timing,
@@ -343,9 +372,7 @@ name: {name}
 restapi:
   listen: 127.0.0.1:{api_port}
   connect_address: 127.0.0.1:{api_port}
-etcd3:
-  hosts: 127.0.0.1:{etcd_port}
-bootstrap:
+{dcs_section}bootstrap:
   dcs:
     ttl: {ttl}
     loop_wait: {lw}

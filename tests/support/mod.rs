@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod etcd;
 pub mod kube;
 pub mod postgres;
+pub mod zookeeper;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
