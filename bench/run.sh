@@ -21,7 +21,7 @@ for c in wrk haproxy etcd; do command -v "$c" >/dev/null || need=1; done
 echo "building our release binary..." >&2
 cargo build --release --quiet --bin patroni
 echo "preparing the upstream venv..." >&2
-scripts/upstream-venv.sh >/dev/null
+scripts/bench-venv.sh >/dev/null
 echo "building the harness..." >&2
 cargo build --quiet --manifest-path bench/Cargo.toml --target-dir target/bench
 
@@ -30,6 +30,6 @@ lock=()
 [ -n "${BENCH_LOCK:-}" ] && lock=(--lock "$BENCH_LOCK")
 exec target/bench/debug/bench \
   --ours-bin target/release/patroni \
-  --upstream-bin target/upstream-venv/bin/patroni \
+  --upstream-bin target/bench-venv/bin/patroni \
   --out bench/results --logs target/bench-logs \
   "${lock[@]}" "$@"

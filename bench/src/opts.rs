@@ -90,7 +90,7 @@ impl Opts {
             profiles: vec![Profile::parse("fast")?],
             impls: vec![Impl::Ours, Impl::Upstream],
             ours_bin: PathBuf::from("target/release/patroni"),
-            upstream_bin: PathBuf::from("target/upstream-venv/bin/patroni"),
+            upstream_bin: PathBuf::from("target/bench-venv/bin/patroni"),
             out_dir: PathBuf::from("bench/results"),
             logs_dir: PathBuf::from("target/bench-logs"),
             idle_secs: 30,

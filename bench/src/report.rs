@@ -168,7 +168,10 @@ pub fn to_json(opts: &Opts, meta: Map<String, Value>, all: &[ProfileResults]) ->
     })
 }
 
-fn fmt_num(x: f64) -> String {
+fn fmt_num(x: f64, unit: &str) -> String {
+    if unit == "writes" && x.fract() == 0.0 {
+        return format!("{x:.0}");
+    }
     match x.abs() {
         a if a >= 1000.0 => format!("{x:.0}"),
         a if a >= 100.0 => format!("{x:.1}"),
@@ -176,11 +179,12 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-fn cell(s: Option<Summary>) -> String {
+fn cell(s: Option<Summary>, unit: &str) -> String {
+    let f = |x| fmt_num(x, unit);
     match s {
         None => "n/a".into(),
-        Some(s) if s.n == 1 => fmt_num(s.median),
-        Some(s) => format!("{} ({}–{})", fmt_num(s.median), fmt_num(s.min), fmt_num(s.max)),
+        Some(s) if s.n == 1 => f(s.median),
+        Some(s) => format!("{} ({}–{})", f(s.median), f(s.min), f(s.max)),
     }
 }
 
@@ -220,7 +224,7 @@ fn profile_table(p: &ProfileResults) -> String {
         p.profile.describe()
     );
     for m in METRICS {
-        let mut ours = cell(p.summary(Impl::Ours, m.key));
+        let mut ours = cell(p.summary(Impl::Ours, m.key), m.unit);
         if m.key.starts_with("switchover") && ours == "n/a" {
             if let Some(a) = p.switchover_refusals(Impl::Ours).first() {
                 ours = format!("n/a (HTTP {})", a.replace('|', "/").replace('\n', " "));
@@ -233,7 +237,7 @@ fn profile_table(p: &ProfileResults) -> String {
             m.label,
             m.unit,
             ours,
-            cell(p.summary(Impl::Upstream, m.key)),
+            cell(p.summary(Impl::Upstream, m.key), m.unit),
             ratio,
             better
         );
@@ -248,7 +252,7 @@ fn profile_table(p: &ProfileResults) -> String {
         })
         .collect();
     if !notes.is_empty() {
-        md += &format!("\nMissing figures:\n\n{}\n", notes.join("\n"));
+        md += &format!("\nNotes (missing figures, errors):\n\n{}\n", notes.join("\n"));
     }
     md
 }

@@ -112,8 +112,12 @@ async fn rest(opts: &Opts, c: &Cluster, r: &mut RunResult) -> Result<(), String>
             Ok(w) => {
                 r.set(rps, w.rps);
                 r.set(p99, w.p99_ms);
-                if w.errors > 0 {
-                    r.note(&format!("GET {path}"), format!("{} errors/non-2xx under wrk", w.errors));
+                if w.non_2xx + w.socket_errors > 0 {
+                    let msg = format!(
+                        "{} non-2xx answers and {} connect/write/timeout errors under wrk",
+                        w.non_2xx, w.socket_errors
+                    );
+                    r.note(&format!("GET {path}"), msg);
                 }
             }
             Err(e) => r.note(&format!("GET {path}"), e),
