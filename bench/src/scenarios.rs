@@ -24,6 +24,10 @@ pub async fn one_run(opts: &Opts, imp: Impl, p: &Profile, label: &str) -> RunRes
                 c.save_logs(&to);
                 eprintln!("    logs kept in {}", to.display());
             }
+            // Cluster lifetime, without waiting for the lock.
+            let secs = c.now();
+            eprintln!("    done in {secs:.0}s");
+            r.extra.insert("run_seconds".into(), json!(secs));
         }
     }
     r
