@@ -73,7 +73,12 @@ impl Cluster {
         cmd.args(["--name", "bench", "--data-dir"])
             .arg(self.dir.join("etcd"))
             .args(["--listen-client-urls", &cu, "--advertise-client-urls", &cu])
-            .args(["--listen-peer-urls", &pu, "--initial-advertise-peer-urls", &pu])
+            .args([
+                "--listen-peer-urls",
+                &pu,
+                "--initial-advertise-peer-urls",
+                &pu,
+            ])
             .arg(format!("--initial-cluster=bench={pu}"));
         self.etcd = Some(Proc::spawn("etcd", cmd, false, &self.dir.join("etcd.log"))?);
         wait_port(client, Duration::from_secs(30)).await?;
@@ -117,7 +122,12 @@ impl Cluster {
         std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
         let mut cmd = Command::new("haproxy");
         cmd.arg("-f").arg(&path).arg("-db");
-        self.haproxy = Some(Proc::spawn("haproxy", cmd, false, &self.dir.join("haproxy.log"))?);
+        self.haproxy = Some(Proc::spawn(
+            "haproxy",
+            cmd,
+            false,
+            &self.dir.join("haproxy.log"),
+        )?);
         wait_port(self.ha_port, Duration::from_secs(10)).await
     }
 
@@ -193,7 +203,11 @@ impl Cluster {
             if let Some(l) = self.healthy().await {
                 return Ok(l);
             }
-            if let Some(n) = self.nodes.iter().find(|n| n.daemon.as_ref().is_some_and(Proc::exited)) {
+            if let Some(n) = self
+                .nodes
+                .iter()
+                .find(|n| n.daemon.as_ref().is_some_and(Proc::exited))
+            {
                 return Err(format!("the {} daemon exited (see {}.log)", n.name, n.name));
             }
             if Instant::now() > deadline {
@@ -215,7 +229,9 @@ impl Cluster {
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let p = e.path();
-                if p.extension().is_some_and(|x| x == "log" || x == "yml" || x == "cfg") {
+                if p.extension()
+                    .is_some_and(|x| x == "log" || x == "yml" || x == "cfg")
+                {
                     let _ = std::fs::copy(&p, to.join(e.file_name()));
                 }
             }
@@ -270,7 +286,9 @@ pub async fn wait_port(port: u16, timeout: Duration) -> Result<(), String> {
         .is_err()
     {
         if Instant::now() > deadline {
-            return Err(format!("nothing listens on 127.0.0.1:{port} after {timeout:?}"));
+            return Err(format!(
+                "nothing listens on 127.0.0.1:{port} after {timeout:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -25,7 +25,9 @@ pub async fn request(
         } else {
             req += "\r\n";
         }
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
         parse(&String::from_utf8_lossy(&buf))

@@ -111,16 +111,23 @@ fn write_results(
 
 fn meta_start(opts: &Opts) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("date".into(), json!(command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])));
+    m.insert(
+        "date".into(),
+        json!(command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+    );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     m.insert("host".into(), json!(host.trim()));
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     m.insert("cpus".into(), json!(cpus));
     m.insert("loadavg_start".into(), json!(loadavg()));
-    let ours = std::env::var("BENCH_OURS_VERSION").unwrap_or_else(|_| "patroni (this repository)".into());
+    let ours =
+        std::env::var("BENCH_OURS_VERSION").unwrap_or_else(|_| "patroni (this repository)".into());
     m.insert("ours_version".into(), json!(ours));
     let up = opts.bin(Impl::Upstream).to_string_lossy().to_string();
-    m.insert("upstream_version".into(), json!(command_line(&up, &["--version"])));
+    m.insert(
+        "upstream_version".into(),
+        json!(command_line(&up, &["--version"])),
+    );
     m
 }
 

@@ -105,7 +105,9 @@ impl Opts {
             if k == "-h" || k == "--help" {
                 return Err(USAGE.into());
             }
-            let v = it.next().ok_or_else(|| format!("{k} needs a value\n{USAGE}"))?;
+            let v = it
+                .next()
+                .ok_or_else(|| format!("{k} needs a value\n{USAGE}"))?;
             o.set(k, v)?;
         }
         if o.runs == 0 || o.profiles.is_empty() || o.impls.is_empty() {
@@ -115,7 +117,10 @@ impl Opts {
     }
 
     fn set(&mut self, k: &str, v: &str) -> Result<(), String> {
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v}"));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{k}: not a number: {v}"))
+        };
         match k {
             "--runs" => self.runs = num(v)? as usize,
             "--profiles" => {

@@ -69,7 +69,10 @@ impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, as_pg: bool, log: &Path) -> Result<Proc, String> {
         let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         if as_pg {
             let (u, g) = pg_user()?;
             cmd.uid(u).gid(g).env("HOME", "/var/lib/postgresql");

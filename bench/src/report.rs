@@ -45,21 +45,91 @@ const fn m(key: &'static str, label: &'static str, unit: &'static str, lower: bo
 }
 
 pub const METRICS: &[Metric] = &[
-    m("failover_write_unavailable_s", "Node crash (kill -9 daemon + postmaster): write pause", "s", true),
-    m("failover_new_primary_s", "Node crash: time to a new primary", "s", true),
-    m("failover_lost_writes", "Node crash: lost acknowledged writes", "writes", true),
-    m("switchover_write_unavailable_s", "Switchover under load: write pause", "s", true),
-    m("switchover_new_primary_s", "Switchover: time to the new primary", "s", true),
-    m("switchover_lost_writes", "Switchover: lost acknowledged writes", "writes", true),
-    m("pm_crash_write_recovery_s", "Postmaster crash (kill -9): writes succeed again after", "s", true),
-    m("pm_crash_lost_writes", "Postmaster crash: lost acknowledged writes", "writes", true),
+    m(
+        "failover_write_unavailable_s",
+        "Node crash (kill -9 daemon + postmaster): write pause",
+        "s",
+        true,
+    ),
+    m(
+        "failover_new_primary_s",
+        "Node crash: time to a new primary",
+        "s",
+        true,
+    ),
+    m(
+        "failover_lost_writes",
+        "Node crash: lost acknowledged writes",
+        "writes",
+        true,
+    ),
+    m(
+        "switchover_write_unavailable_s",
+        "Switchover under load: write pause",
+        "s",
+        true,
+    ),
+    m(
+        "switchover_new_primary_s",
+        "Switchover: time to the new primary",
+        "s",
+        true,
+    ),
+    m(
+        "switchover_lost_writes",
+        "Switchover: lost acknowledged writes",
+        "writes",
+        true,
+    ),
+    m(
+        "pm_crash_write_recovery_s",
+        "Postmaster crash (kill -9): writes succeed again after",
+        "s",
+        true,
+    ),
+    m(
+        "pm_crash_lost_writes",
+        "Postmaster crash: lost acknowledged writes",
+        "writes",
+        true,
+    ),
     m("rss_mib", "Daemon RSS per node (mean of 3)", "MiB", true),
-    m("cpu_s_per_idle_min", "Daemon CPU per idle minute per node (mean of 3)", "s", true),
-    m("rest_primary_rps", "GET /primary throughput (wrk)", "req/s", false),
-    m("rest_primary_p99_ms", "GET /primary p99 latency", "ms", true),
-    m("rest_patroni_rps", "GET /patroni throughput (wrk)", "req/s", false),
-    m("rest_patroni_p99_ms", "GET /patroni p99 latency", "ms", true),
-    m("bootstrap_s", "Bootstrap of a 3-node cluster (all streaming)", "s", true),
+    m(
+        "cpu_s_per_idle_min",
+        "Daemon CPU per idle minute per node (mean of 3)",
+        "s",
+        true,
+    ),
+    m(
+        "rest_primary_rps",
+        "GET /primary throughput (wrk)",
+        "req/s",
+        false,
+    ),
+    m(
+        "rest_primary_p99_ms",
+        "GET /primary p99 latency",
+        "ms",
+        true,
+    ),
+    m(
+        "rest_patroni_rps",
+        "GET /patroni throughput (wrk)",
+        "req/s",
+        false,
+    ),
+    m(
+        "rest_patroni_p99_ms",
+        "GET /patroni p99 latency",
+        "ms",
+        true,
+    ),
+    m(
+        "bootstrap_s",
+        "Bootstrap of a 3-node cluster (all streaming)",
+        "s",
+        true,
+    ),
 ];
 
 #[derive(Debug, PartialEq)]
@@ -109,7 +179,10 @@ impl ProfileResults {
 
     /// Ours' median over upstream's; None when undefined (a zero or a missing side).
     fn ratio(&self, key: &str) -> Option<f64> {
-        let (o, u) = (self.summary(Impl::Ours, key)?, self.summary(Impl::Upstream, key)?);
+        let (o, u) = (
+            self.summary(Impl::Ours, key)?,
+            self.summary(Impl::Upstream, key)?,
+        );
         (u.median != 0.0).then(|| o.median / u.median)
     }
 
@@ -130,7 +203,10 @@ impl ProfileResults {
             let mut s = Map::new();
             for m in METRICS {
                 if let Some(x) = self.summary(imp, m.key) {
-                    s.insert(m.key.into(), json!({"median": x.median, "min": x.min, "max": x.max, "n": x.n}));
+                    s.insert(
+                        m.key.into(),
+                        json!({"median": x.median, "min": x.min, "max": x.max, "n": x.n}),
+                    );
                 }
             }
             summary.insert(imp.name().into(), Value::Object(s));
@@ -189,7 +265,10 @@ fn cell(s: Option<Summary>, unit: &str) -> String {
 }
 
 pub fn to_markdown(opts: &Opts, meta: &Map<String, Value>, all: &[ProfileResults]) -> String {
-    let mv = |k: &str| meta.get(k).map(|v| v.to_string().trim_matches('"').to_string());
+    let mv = |k: &str| {
+        meta.get(k)
+            .map(|v| v.to_string().trim_matches('"').to_string())
+    };
     let mut md = format!(
         "# Benchmark: ours vs upstream Patroni\n\n\
          Generated {} on {} ({} CPUs, load average {} at start, {} at end).  \n\
@@ -224,20 +303,23 @@ fn profile_table(p: &ProfileResults) -> String {
         p.profile.describe()
     );
     for m in METRICS {
-        let mut ours = cell(p.summary(Impl::Ours, m.key), m.unit);
-        if m.key.starts_with("switchover") && ours == "n/a" {
-            if let Some(a) = p.switchover_refusals(Impl::Ours).first() {
-                ours = format!("n/a (HTTP {})", a.replace('|', "/").replace('\n', " "));
+        let shown = |imp| {
+            let c = cell(p.summary(imp, m.key), m.unit);
+            match p.switchover_refusals(imp).first() {
+                Some(a) if m.key.starts_with("switchover") && c == "n/a" => {
+                    format!("n/a (HTTP {})", a.replace('|', "/").replace('\n', " "))
+                }
+                _ => c,
             }
-        }
+        };
         let ratio = p.ratio(m.key).map_or("–".into(), |r| format!("{r:.2}"));
         let better = if m.lower_is_better { "lower" } else { "higher" };
         md += &format!(
             "| {} | {} | {} | {} | {} | {} |\n",
             m.label,
             m.unit,
-            ours,
-            cell(p.summary(Impl::Upstream, m.key), m.unit),
+            shown(Impl::Ours),
+            shown(Impl::Upstream),
             ratio,
             better
         );
@@ -246,13 +328,18 @@ fn profile_table(p: &ProfileResults) -> String {
         .runs
         .iter()
         .flat_map(|(imp, rs)| {
-            rs.iter()
-                .enumerate()
-                .flat_map(move |(i, r)| r.notes.iter().map(move |n| format!("- {imp} run {}: {n}", i + 1)))
+            rs.iter().enumerate().flat_map(move |(i, r)| {
+                r.notes
+                    .iter()
+                    .map(move |n| format!("- {imp} run {}: {n}", i + 1))
+            })
         })
         .collect();
     if !notes.is_empty() {
-        md += &format!("\nNotes (missing figures, errors):\n\n{}\n", notes.join("\n"));
+        md += &format!(
+            "\nNotes (missing figures, errors):\n\n{}\n",
+            notes.join("\n")
+        );
     }
     md
 }
@@ -277,8 +364,14 @@ mod tests {
             r
         };
         let mut runs = BTreeMap::new();
-        runs.insert("ours", vec![run("rss_mib", 10.0), run("failover_lost_writes", 0.0)]);
-        runs.insert("upstream", vec![run("rss_mib", 50.0), run("failover_lost_writes", 0.0)]);
+        runs.insert(
+            "ours",
+            vec![run("rss_mib", 10.0), run("failover_lost_writes", 0.0)],
+        );
+        runs.insert(
+            "upstream",
+            vec![run("rss_mib", 50.0), run("failover_lost_writes", 0.0)],
+        );
         let p = ProfileResults {
             profile: Profile::parse("fast").unwrap(),
             runs,

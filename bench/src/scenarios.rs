@@ -66,7 +66,11 @@ async fn bootstrap(c: &mut Cluster, r: &mut RunResult) -> Result<(), String> {
     }
     let leader = c.wait_healthy(Duration::from_secs(300)).await?;
     r.set("bootstrap_s", c.now() - t0);
-    eprintln!("    bootstrap {:.1}s, leader {}", c.now() - t0, c.nodes[leader].name);
+    eprintln!(
+        "    bootstrap {:.1}s, leader {}",
+        c.now() - t0,
+        c.nodes[leader].name
+    );
     Ok(())
 }
 
@@ -91,13 +95,14 @@ async fn footprint(opts: &Opts, c: &Cluster, r: &mut RunResult) -> Result<(), St
         .map(|(b, a)| a.saturating_sub(*b) as f64 / procs::clk_tck() / secs * 60.0)
         .collect();
     let rss: Vec<f64> = rss_max.iter().map(|k| *k as f64 / 1024.0).collect();
-    if rss.iter().any(|&x| x == 0.0) {
+    if rss.contains(&0.0) {
         return Err("a daemon vanished during the idle window".into());
     }
     r.set("rss_mib", mean(&rss));
     r.set("cpu_s_per_idle_min", mean(&cpu));
     r.extra.insert("rss_mib_per_node".into(), json!(rss));
-    r.extra.insert("cpu_s_per_idle_min_per_node".into(), json!(cpu));
+    r.extra
+        .insert("cpu_s_per_idle_min_per_node".into(), json!(cpu));
     Ok(())
 }
 
@@ -134,14 +139,21 @@ async fn rest(opts: &Opts, c: &Cluster, r: &mut RunResult) -> Result<(), String>
 async fn loaded(c: &Cluster, first_id: i64) -> Result<Writer, String> {
     let w = Writer::start(c.ha_port, c.epoch, first_id);
     let epoch = c.epoch;
-    w.wait_flowing(move || epoch.elapsed().as_secs_f64(), Duration::from_secs(60))
-        .await?;
+    w.wait_flowing(
+        move || epoch.elapsed().as_secs_f64(),
+        Duration::from_secs(60),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(w)
 }
 
 /// First time (cluster seconds) one of `among` answers GET /primary with 200.
-async fn wait_new_primary(c: &Cluster, among: &[usize], timeout: Duration) -> Result<(usize, f64), String> {
+async fn wait_new_primary(
+    c: &Cluster,
+    among: &[usize],
+    timeout: Duration,
+) -> Result<(usize, f64), String> {
     let deadline = Instant::now() + timeout;
     loop {
         for &i in among {
@@ -157,7 +169,13 @@ async fn wait_new_primary(c: &Cluster, among: &[usize], timeout: Duration) -> Re
 }
 
 /// Keep writing a little after recovery, stop, and record pause and lost writes.
-async fn finish(c: &Cluster, w: Writer, t0: f64, prefix: &str, r: &mut RunResult) -> Result<(), String> {
+async fn finish(
+    c: &Cluster,
+    w: Writer,
+    t0: f64,
+    prefix: &str,
+    r: &mut RunResult,
+) -> Result<(), String> {
     tokio::time::sleep(TAIL).await;
     let acks = w.stop().await;
     let gap = writer::max_gap(&acks, t0).ok_or("no write acknowledged before the event")?;
@@ -172,8 +190,12 @@ async fn finish(c: &Cluster, w: Writer, t0: f64, prefix: &str, r: &mut RunResult
     }
     r.set(lost_key, lost as f64);
     r.extra.insert(format!("{prefix}_max_gap_s"), json!(gap));
-    r.extra.insert(format!("{prefix}_acked_writes"), json!(acks.len()));
-    eprintln!("    {prefix}: write pause {gap:.2}s, lost {lost} of {} acked", acks.len());
+    r.extra
+        .insert(format!("{prefix}_acked_writes"), json!(acks.len()));
+    eprintln!(
+        "    {prefix}: write pause {gap:.2}s, lost {lost} of {} acked",
+        acks.len()
+    );
     Ok(())
 }
 
@@ -198,7 +220,14 @@ async fn switchover(c: &Cluster, p: &Profile, r: &mut RunResult) -> Result<(), S
     let w = loaded(c, 1_000_000).await?;
     let t0 = c.now();
     let mut post = Some(tokio::spawn(async move {
-        http::request(port, "POST", "/switchover", Some(&body), Duration::from_secs(120)).await
+        http::request(
+            port,
+            "POST",
+            "/switchover",
+            Some(&body),
+            Duration::from_secs(120),
+        )
+        .await
     }));
     let deadline = Instant::now() + event_timeout(p);
     let at = loop {
@@ -232,12 +261,17 @@ async fn switchover(c: &Cluster, p: &Profile, r: &mut RunResult) -> Result<(), S
 async fn postmaster_crash(c: &Cluster, p: &Profile, r: &mut RunResult) -> Result<(), String> {
     let leader = c.wait_healthy(event_timeout(p)).await?;
     let w = loaded(c, 2_000_000).await?;
-    let pm = c.postmaster_pid(leader).ok_or("the leader has no running postmaster")?;
+    let pm = c
+        .postmaster_pid(leader)
+        .ok_or("the leader has no running postmaster")?;
     let t0 = c.now();
     procs::signal(pm, libc::SIGKILL);
     let ack = w.wait_ack_after(t0, event_timeout(p)).await?;
     r.set("pm_crash_write_recovery_s", ack.acked - t0);
-    eprintln!("    postmaster crash: writes back after {:.2}s", ack.acked - t0);
+    eprintln!(
+        "    postmaster crash: writes back after {:.2}s",
+        ack.acked - t0
+    );
     finish(c, w, t0, "pm_crash", r).await?;
     let same = c.wait_healthy(event_timeout(p)).await? == leader;
     r.extra.insert("pm_crash_same_primary".into(), json!(same));

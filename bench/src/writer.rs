@@ -82,7 +82,11 @@ impl Writer {
     }
 
     /// Writes are flowing: at least 10 acknowledged in the last second.
-    pub async fn wait_flowing(&self, now: impl Fn() -> f64, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_flowing(
+        &self,
+        now: impl Fn() -> f64,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let t = now();
@@ -90,7 +94,9 @@ impl Writer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("writes through HAProxy not flowing within {timeout:?}"));
+                return Err(format!(
+                    "writes through HAProxy not flowing within {timeout:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -152,8 +158,10 @@ async fn write_loop(
 
 /// Acknowledged ids missing from the table on the current primary (read through HAProxy).
 pub async fn lost_writes(port: u16, acks: &[Ack], timeout: Duration) -> Result<u64, String> {
-    let (Some(lo), Some(hi)) = (acks.iter().map(|a| a.id).min(), acks.iter().map(|a| a.id).max())
-    else {
+    let (Some(lo), Some(hi)) = (
+        acks.iter().map(|a| a.id).min(),
+        acks.iter().map(|a| a.id).max(),
+    ) else {
         return Ok(0);
     };
     let sql = format!("SELECT id FROM {TABLE} WHERE id BETWEEN {lo} AND {hi}");

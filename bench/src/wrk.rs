@@ -26,7 +26,10 @@ pub async fn run(opts: &Opts, port: u16, path: &str) -> Result<WrkResult, String
         .map_err(|e| format!("wrk: {e} (install Debian's wrk)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("wrk failed: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "wrk failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     parse(&text).ok_or_else(|| format!("cannot read wrk's output:\n{text}"))
 }
