@@ -235,7 +235,11 @@ async fn switchover(c: &Cluster, p: &Profile, r: &mut RunResult) -> Result<(), S
             let answer = h.await.map_err(|e| e.to_string())?;
             if !record_answer(r, &answer) {
                 w.stop().await;
-                return Err(format!("n/a: POST /switchover answered {answer:?}"));
+                let said = match &answer {
+                    Ok((st, body)) => format!("HTTP {st}: {}", body.trim()),
+                    Err(e) => e.clone(),
+                };
+                return Err(format!("n/a: POST /switchover answered {said}"));
             }
         }
         if c.is_primary(cand).await {
