@@ -8,6 +8,7 @@ command -v haproxy >/dev/null || need+=(haproxy)
 # ZooKeeper for the zookeeper/exhibitor backend tests (run standalone from the jar; the
 # package pulls in a JRE; zookeeperd, which would start a system service, is not needed).
 [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
+command -v wrk >/dev/null || need+=(wrk)  # bench/run.sh: REST throughput
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
