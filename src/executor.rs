@@ -235,11 +235,18 @@ impl Executor {
                 }
                 None
             }
-            Action::WriteSyncState { members, version } => {
-                let value = serde_json::json!({
+            Action::WriteSyncState {
+                members,
+                quorum,
+                version,
+            } => {
+                let mut value = serde_json::json!({
                     "leader": obs.config.name,
                     "sync_standby": if members.is_empty() { None } else { Some(members.join(",")) },
                 });
+                if let Some(q) = quorum {
+                    value["quorum"] = (*q).into();
+                }
                 if log_dcs(
                     "write sync state",
                     self.dcs

@@ -180,3 +180,16 @@ fn strict_mode_blocks_writes_when_the_only_standby_is_gone() {
         .ok()
     });
 }
+
+#[test]
+fn quorum_mode_loses_no_acknowledged_write_across_faults() {
+    let _s = serial();
+    let mut c = cluster_with(
+        3,
+        json!({"synchronous_mode": "quorum", "synchronous_node_count": 1}),
+    );
+    let (lost, acked) = fault_rounds(&mut c, 6, true);
+    eprintln!("FIGURE quorum_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds=6");
+    assert_eq!(lost, 0, "quorum mode lost acknowledged writes");
+    assert!(acked > 100, "the writer made progress: {acked}");
+}

@@ -47,6 +47,8 @@ pub enum Action {
     /// (compare-and-set on `version`; None creates it).
     WriteSyncState {
         members: Vec<String>,
+        /// Quorum mode: how many other listed members a candidate must compare with.
+        quorum: Option<u32>,
         version: Option<i64>,
     },
     /// Delete the `sync` key (synchronous mode turned off).

@@ -98,8 +98,13 @@ pub fn render_ssn(names: &[String], cfg: &SyncConfig) -> String {
     }
 }
 
-/// Standbys that may become synchronous, best first, at most `node_count`.
-pub fn pick(obs: &Observation, cluster: &Cluster, sql: &SqlObservation) -> Vec<String> {
+/// Standbys that may become synchronous, best first, at most `limit`.
+pub fn pick(
+    obs: &Observation,
+    cluster: &Cluster,
+    sql: &SqlObservation,
+    limit: usize,
+) -> Vec<String> {
     let cfg = &obs.config.sync;
     let mut cands: Vec<(i64, u64, String)> = sql
         .replication
@@ -131,30 +136,57 @@ pub fn pick(obs: &Observation, cluster: &Cluster, sql: &SqlObservation) -> Vec<S
         })
         .collect();
     cands.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-    cands
-        .into_iter()
-        .take(cfg.node_count)
-        .map(|c| c.2)
-        .collect()
+    cands.into_iter().take(limit).map(|c| c.2).collect()
+}
+
+/// The `sync` key as this leader sees it: (members, quorum), empty unless it is ours.
+struct KeyView {
+    mine: bool,
+    members: Vec<String>,
+    quorum: usize,
+    version: Option<i64>,
+}
+
+fn key_view(cluster: &Cluster, me: &str) -> KeyView {
+    let key = cluster.sync.as_ref();
+    let mine = key
+        .and_then(|s| s.leader.as_deref())
+        .is_some_and(|l| l.eq_ignore_ascii_case(me));
+    KeyView {
+        mine,
+        members: if mine {
+            lower(&key.map(|s| s.members()).unwrap_or_default())
+        } else {
+            vec![]
+        },
+        quorum: if mine {
+            key.and_then(|s| s.quorum).unwrap_or(0) as usize
+        } else {
+            0
+        },
+        version: key.map(|s| s.version),
+    }
 }
 
 /// The leader's sync-state step this cycle: actions, and whether to look again soon.
+/// A key change and a `synchronous_standby_names` change never share a cycle: the second
+/// only happens once the first was written (and seen back), so a failed compare-and-set
+/// can never leave PostgreSQL ahead of the key.
 pub fn leader_actions(obs: &Observation, cluster: &Cluster) -> (Vec<Action>, bool) {
     let me = obs.config.name.as_str();
     let Some(sql) = obs.pg.sql.as_ref().filter(|s| !s.in_recovery) else {
         return (vec![], false);
     };
-    let key = cluster.sync.as_ref();
-    let key_is_mine = key
-        .and_then(|s| s.leader.as_deref())
-        .is_some_and(|l| l.eq_ignore_ascii_case(me));
-    let version = key.map(|s| s.version);
-    if !obs.config.sync.enabled() {
+    let key = key_view(cluster, me);
+    let cfg = &obs.config.sync;
+    if !cfg.enabled() {
         // Synchronous mode was turned off: forget the key and our setting.
-        if key_is_mine {
+        if key.mine {
             return (
                 vec![
-                    Action::DeleteSyncState { version },
+                    Action::DeleteSyncState {
+                        version: key.version,
+                    },
                     Action::SetSyncStandbyNames(None),
                 ],
                 false,
@@ -162,56 +194,102 @@ pub fn leader_actions(obs: &Observation, cluster: &Cluster) -> (Vec<Action>, boo
         }
         return (vec![], false);
     }
-    let current = if key_is_mine {
-        lower(&key.map(|s| s.members()).unwrap_or_default())
+    let quorum_mode = cfg.mode == SyncMode::Quorum;
+    let limit = if quorum_mode {
+        usize::MAX
     } else {
-        vec![]
+        cfg.node_count
     };
-    let picked = pick(obs, cluster, sql);
+    let picked = pick(obs, cluster, sql, limit);
     let picked_l = lower(&picked);
+    // Acknowledgements each commit waits for under the wanted setting.
+    let acks = if quorum_mode {
+        cfg.node_count.min(picked.len())
+    } else {
+        picked.len()
+    };
+    let wanted_ssn = if picked.is_empty() && cfg.strict {
+        "*".to_string()
+    } else {
+        render_ssn(&picked, cfg)
+    };
+    let write = |members: &[String], quorum: Option<usize>| Action::WriteSyncState {
+        members: members.to_vec(),
+        quorum: quorum.map(|q| q as u32),
+        version: key.version,
+    };
     let ssn_now = parse_ssn(&sql.synchronous_standby_names);
-    // Who PostgreSQL waits for right now: only those may be promoted.
-    let sync_now: Vec<String> = lower(
+    // Standbys PostgreSQL waits for now and that have everything committed so far.
+    let confirmed: Vec<String> = lower(
         &sql.replication
             .iter()
             .filter(|r| matches!(r.sync_state.as_str(), "sync" | "quorum"))
             .filter(|r| ssn_now.contains(&r.application_name.to_ascii_lowercase()))
+            .filter(|r| !quorum_mode || r.flush_lsn.unwrap_or(0) >= sql.wal_lsn)
             .map(|r| r.application_name.clone())
             .collect::<Vec<_>>(),
     );
-    let allow_promote: Vec<String> = picked_l
+    let in_both: Vec<String> = picked_l
         .iter()
-        .filter(|n| sync_now.contains(n))
+        .filter(|n| confirmed.contains(n))
         .cloned()
         .collect();
-    let write = |members: &[String]| Action::WriteSyncState {
-        members: members.to_vec(),
-        version: if key.is_some() { version } else { None },
-    };
-    let wanted_ssn = if picked.is_empty() && obs.config.sync.strict {
-        "*".to_string()
-    } else {
-        render_ssn(&picked, &obs.config.sync)
-    };
-    let ssn_differs = sql.synchronous_standby_names.trim() != wanted_ssn;
-    if ssn_differs {
-        let mut out = vec![];
-        let common: Vec<String> = current
-            .iter()
-            .filter(|n| allow_promote.contains(n))
-            .cloned()
-            .collect();
-        if common != current || !key_is_mine {
-            out.push(write(&common));
+    if sql.synchronous_standby_names.trim() != wanted_ssn {
+        let target = if quorum_mode {
+            widened_quorum_key(&key, &picked_l, acks)
+        } else {
+            // Narrow to who stays synchronous before PostgreSQL's list changes.
+            let common: Vec<String> = key
+                .members
+                .iter()
+                .filter(|n| in_both.contains(n))
+                .cloned()
+                .collect();
+            (common, None)
+        };
+        let key_now = (key.members.clone(), quorum_mode.then_some(key.quorum));
+        if !key.mine || target != key_now {
+            return (vec![write(&target.0, target.1)], true);
         }
-        out.push(Action::SetSyncStandbyNames(Some(wanted_ssn)));
-        return (out, true);
+        return (vec![Action::SetSyncStandbyNames(Some(wanted_ssn))], true);
     }
-    if allow_promote != current || !key_is_mine {
-        return (vec![write(&allow_promote)], false);
+    let (target, ready) = if quorum_mode {
+        let ready = in_both.len() >= acks;
+        (
+            (picked_l.clone(), Some(picked_l.len().saturating_sub(acks))),
+            ready,
+        )
+    } else {
+        ((in_both.clone(), None), true)
+    };
+    let key_now = (key.members.clone(), quorum_mode.then_some(key.quorum));
+    if target == key_now && key.mine {
+        return (vec![], in_both.len() < picked_l.len());
     }
-    // Listed but not yet reported as sync by PostgreSQL: look again soon.
-    (vec![], allow_promote.len() < picked_l.len())
+    if !ready {
+        return (vec![], true);
+    }
+    (vec![write(&target.0, target.1)], false)
+}
+
+/// Quorum mode, before `synchronous_standby_names` changes: a key that is safe for both the
+/// old and the new setting. Any `quorum + 1` of its members must include one that has every
+/// commit acknowledged under either setting.
+fn widened_quorum_key(
+    key: &KeyView,
+    picked: &[String],
+    acks: usize,
+) -> (Vec<String>, Option<usize>) {
+    if key.members.is_empty() || acks == 0 {
+        // Nothing promised yet, or going asynchronous: nobody may be promoted over us.
+        return (vec![], Some(0));
+    }
+    let old_acks = key.members.len().saturating_sub(key.quorum).max(1);
+    let mut union = key.members.clone();
+    union.extend(picked.iter().cloned());
+    let union = lower(&union);
+    let q = union.len().saturating_sub(old_acks.min(acks));
+    (union, Some(q))
 }
 
 /// Before a promotion in synchronous mode: claim the key with no standby (nobody may be
@@ -228,6 +306,7 @@ pub fn on_promote(obs: &Observation, cluster: &Cluster) -> Vec<Action> {
     vec![
         Action::WriteSyncState {
             members: vec![],
+            quorum: (obs.config.sync.mode == SyncMode::Quorum).then_some(0),
             version: cluster.sync.as_ref().map(|s| s.version),
         },
         Action::SetSyncStandbyNames(ssn),
@@ -244,10 +323,27 @@ pub fn may_promote(obs: &Observation, cluster: &Cluster) -> Result<(), String> {
         return Ok(());
     };
     let me = obs.config.name.to_ascii_lowercase();
-    if lower(&sync.members()).contains(&me) {
+    let members = lower(&sync.members());
+    if !members.contains(&me) {
+        return Err("I am not a synchronous standby".into());
+    }
+    if obs.config.sync.mode != SyncMode::Quorum {
+        return Ok(());
+    }
+    // Quorum: compare with at least `quorum` other voters (is_healthiest then checks that
+    // none of them is ahead of us).
+    let need = sync.quorum.unwrap_or(0) as usize;
+    let seen = obs
+        .peers
+        .iter()
+        .filter(|p| p.reply.is_some() && members.contains(&p.name.to_ascii_lowercase()))
+        .count();
+    if seen >= need {
         Ok(())
     } else {
-        Err("I am not a synchronous standby".into())
+        Err(format!(
+            "only {seen} of the {need} other quorum members answered; cannot prove I have every commit"
+        ))
     }
 }
 

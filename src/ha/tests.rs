@@ -799,85 +799,72 @@ fn sync_key(leader: &str, members: Option<&str>) -> Option<SyncState> {
     })
 }
 
+/// The held branch's actions, without slot housekeeping.
 fn held(d: &Decision) -> Vec<Action> {
-    held_actions(d).0.actions.clone()
+    held_actions(d)
+        .0
+        .actions
+        .iter()
+        .filter(|a| !matches!(a, Action::CreateSlots(_) | Action::DropSlots(_)))
+        .cloned()
+        .collect()
+}
+
+fn wsync(members: &[&str], quorum: Option<u32>, version: Option<i64>) -> Action {
+    Action::WriteSyncState {
+        members: members.iter().map(|m| m.to_string()).collect(),
+        quorum,
+        version,
+    }
 }
 
 #[test]
 fn sync_standby_is_announced_to_postgres_before_the_dcs() {
-    // pg1 streams, nothing synchronous yet: set synchronous_standby_names first.
+    // No key yet: claim it (nobody promotable), then set synchronous_standby_names.
     let o = leader_with(
         cluster(Some("pg0")),
         "",
         vec![standby("pg1", "async", 1_000)],
     );
     let d = run(&o);
-    let a = held(&d);
-    assert!(
-        a.contains(&Action::SetSyncStandbyNames(Some("1 (\"pg1\")".into()))),
-        "{a:#?}"
-    );
-    assert!(
-        a.contains(&Action::WriteSyncState {
-            members: vec![],
-            version: None
-        }),
-        "{a:#?}"
-    );
+    assert_eq!(held(&d), vec![wsync(&[], None, None)]);
     assert_eq!(d.recheck_ms, Some(300));
+    let mut c = cluster(Some("pg0"));
+    c.sync = sync_key("pg0", None);
+    let o = leader_with(c, "", vec![standby("pg1", "async", 1_000)]);
+    assert_eq!(
+        held(&run(&o)),
+        vec![Action::SetSyncStandbyNames(Some("1 (\"pg1\")".into()))]
+    );
     // PostgreSQL now reports it as sync: publish it in the key.
     let mut c = cluster(Some("pg0"));
     c.sync = sync_key("pg0", None);
     let o = leader_with(c, "1 (\"pg1\")", vec![standby("pg1", "sync", 1_000)]);
-    let a = held(&run(&o));
-    assert!(
-        a.contains(&Action::WriteSyncState {
-            members: vec!["pg1".into()],
-            version: Some(11)
-        }),
-        "{a:#?}"
-    );
-    assert!(
-        !a.iter()
-            .any(|x| matches!(x, Action::SetSyncStandbyNames(_)))
-    );
+    assert_eq!(held(&run(&o)), vec![wsync(&["pg1"], None, Some(11))]);
 }
 
 #[test]
 fn sync_key_is_narrowed_before_postgres_when_the_standby_leaves() {
-    // pg1 was sync and disconnected; pg2 streams.
+    // pg1 was sync and disconnected; pg2 streams. First only the key shrinks.
     let mut c = cluster(Some("pg0"));
     c.sync = sync_key("pg0", Some("pg1"));
     let o = leader_with(c, "1 (\"pg1\")", vec![standby("pg2", "async", 1_000)]);
-    let a = held(&run(&o));
-    let w = a
-        .iter()
-        .position(|x| matches!(x, Action::WriteSyncState { .. }))
-        .expect("write");
-    let s = a
-        .iter()
-        .position(|x| matches!(x, Action::SetSyncStandbyNames(_)))
-        .expect("ssn");
-    assert!(
-        w < s,
-        "the key must shrink before PostgreSQL's list: {a:#?}"
-    );
+    assert_eq!(held(&run(&o)), vec![wsync(&[], None, Some(11))]);
+    // Once that is written, PostgreSQL's list changes.
+    let mut c = cluster(Some("pg0"));
+    c.sync = sync_key("pg0", None);
+    let o = leader_with(c, "1 (\"pg1\")", vec![standby("pg2", "async", 1_000)]);
     assert_eq!(
-        a[w],
-        Action::WriteSyncState {
-            members: vec![],
-            version: Some(11)
-        }
-    );
-    assert_eq!(
-        a[s],
-        Action::SetSyncStandbyNames(Some("1 (\"pg2\")".into()))
+        held(&run(&o)),
+        vec![Action::SetSyncStandbyNames(Some("1 (\"pg2\")".into()))]
     );
 }
 
 #[test]
 fn strict_mode_without_standbys_blocks_writes_with_star() {
-    let mut o = leader_with(cluster(Some("pg0")), "", vec![]);
+    let mut c = cluster(Some("pg0"));
+    c.sync = sync_key("pg0", None);
+    let mut o = leader_with(c, "", vec![]);
     sync_on(&mut o, true);
     let a = held(&run(&o));
     assert!(
@@ -922,13 +909,7 @@ fn only_a_synchronous_standby_may_take_over() {
     o.peers = vec![peer("pg1", 5_000, false)];
     match only(&run(&o)) {
         Action::AcquireLock { won, .. } => {
-            assert_eq!(
-                won.actions[0],
-                Action::WriteSyncState {
-                    members: vec![],
-                    version: Some(11)
-                }
-            );
+            assert_eq!(won.actions[0], wsync(&[], None, Some(11)));
             assert_eq!(
                 won.actions[1],
                 Action::SetSyncStandbyNames(Some(String::new()))
@@ -973,4 +954,104 @@ fn ssn_values_round_trip() {
     assert_eq!(sync::parse_ssn(&v), vec!["a".to_string(), "b".to_string()]);
     assert_eq!(sync::parse_ssn("*"), vec!["*".to_string()]);
     assert!(sync::parse_ssn("").is_empty());
+}
+
+fn quorum_on(o: &mut Observation, acks: usize) {
+    o.config.sync = SyncConfig {
+        mode: SyncMode::Quorum,
+        strict: false,
+        node_count: acks,
+        maximum_lag_on_syncnode: -1,
+    };
+}
+
+fn quorum_key(members: &str, quorum: u32) -> Option<SyncState> {
+    Some(SyncState {
+        leader: Some("pg0".into()),
+        sync_standby: Some(members.into()),
+        quorum: Some(quorum),
+        version: 11,
+    })
+}
+
+#[test]
+fn quorum_mode_lists_every_standby_and_publishes_the_quorum() {
+    let mut c = cluster(Some("pg0"));
+    c.sync = sync_key("pg0", None);
+    let repl = vec![
+        standby("pg1", "async", 1_000),
+        standby("pg2", "async", 1_000),
+    ];
+    let mut o = leader_with(c.clone(), "", repl);
+    quorum_on(&mut o, 1);
+    assert_eq!(
+        held(&run(&o)),
+        vec![Action::SetSyncStandbyNames(Some(
+            "ANY 1 (\"pg1\",\"pg2\")".into()
+        ))]
+    );
+    // Both report quorum and flushed everything: key {pg1,pg2} with quorum 1.
+    let repl = vec![
+        standby("pg1", "quorum", 1_000),
+        standby("pg2", "quorum", 1_000),
+    ];
+    let mut o = leader_with(c.clone(), "ANY 1 (\"pg1\",\"pg2\")", repl);
+    quorum_on(&mut o, 1);
+    assert_eq!(
+        held(&run(&o)),
+        vec![wsync(&["pg1", "pg2"], Some(1), Some(11))]
+    );
+    // Not flushed up to the primary's position yet: wait.
+    let repl = vec![standby("pg1", "quorum", 900), standby("pg2", "quorum", 900)];
+    let mut o = leader_with(c, "ANY 1 (\"pg1\",\"pg2\")", repl);
+    quorum_on(&mut o, 1);
+    let d = run(&o);
+    assert!(held(&d).is_empty(), "{d:#?}");
+    assert_eq!(d.recheck_ms, Some(300));
+}
+
+#[test]
+fn quorum_key_is_widened_before_the_standby_set_changes() {
+    // Key {pg1} quorum 0 (ANY 1 (pg1)); pg2 joins: first a key safe for both settings.
+    let mut c = cluster(Some("pg0"));
+    c.sync = quorum_key("pg1", 0);
+    let repl = vec![
+        standby("pg1", "quorum", 1_000),
+        standby("pg2", "async", 1_000),
+    ];
+    let mut o = leader_with(c, "ANY 1 (\"pg1\")", repl.clone());
+    quorum_on(&mut o, 1);
+    assert_eq!(
+        held(&run(&o)),
+        vec![wsync(&["pg1", "pg2"], Some(1), Some(11))]
+    );
+    // With that key in place, PostgreSQL's setting changes.
+    let mut c = cluster(Some("pg0"));
+    c.sync = quorum_key("pg1,pg2", 1);
+    let mut o = leader_with(c, "ANY 1 (\"pg1\")", repl);
+    quorum_on(&mut o, 1);
+    assert_eq!(
+        held(&run(&o)),
+        vec![Action::SetSyncStandbyNames(Some(
+            "ANY 1 (\"pg1\",\"pg2\")".into()
+        ))]
+    );
+}
+
+#[test]
+fn quorum_candidate_must_hear_from_enough_voters() {
+    let mut c = cluster(None);
+    c.sync = quorum_key("pg1,pg2", 1);
+    let mut o = obs(c, replica_pg(1_000, Some(5432)));
+    quorum_on(&mut o, 1);
+    o.config.name = "pg1".into();
+    o.peers = vec![PeerStatus {
+        name: "pg2".into(),
+        reply: None,
+    }];
+    assert!(run(&o).actions.is_empty(), "pg2 may have the last commit");
+    o.peers = vec![peer("pg2", 1_000, false)];
+    assert!(matches!(only(&run(&o)), Action::AcquireLock { .. }));
+    o.peers = vec![peer("pg2", 2_000, false)];
+    assert!(run(&o).actions.is_empty(), "pg2 is ahead");
 }
