@@ -2,16 +2,11 @@
 //! They run one at a time (a 3-node cluster is what 2 cores can take).
 mod support;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::cluster::{Cluster, FAST, psql};
 use support::eventually;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 /// Bring up 3 nodes + HAProxy and wait for one primary and two streaming replicas.
 fn healthy_cluster() -> Cluster {

@@ -3,16 +3,11 @@
 //! machine-wide cluster lock (`flock /work/wt/cluster.lock cargo test --test dcs_failover`).
 mod support;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::cluster::{Cluster, DcsKind, FAST, psql};
 use support::eventually;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 fn write(c: &Cluster, id: i64) -> Result<String, String> {
     psql(

@@ -4,16 +4,11 @@
 mod support;
 
 use serde_json::json;
-use std::sync::Mutex;
 use std::time::Duration;
 use support::cluster::{Cluster, FAST, Writer, http, http_get_json, longest_gap, psql};
 use support::eventually;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 fn healthy_cluster() -> Cluster {
     let mut c = Cluster::new(3, &FAST);

@@ -6,16 +6,11 @@ mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use std::sync::Mutex;
 use std::time::Duration;
 use support::cluster::{Cluster, FAST, Writer, http_get_json, psql, psql_within};
 use support::eventually;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 fn cluster_with(n: usize, dcs: Value) -> Cluster {
     let mut c = Cluster::new(n, &FAST);

@@ -154,3 +154,31 @@ pub fn wait_port(port: u16, timeout: Duration) {
         },
     );
 }
+
+/// Cluster scenarios run one at a time: within a test binary through a mutex, and across
+/// processes on the machine through the file named by `PATRONI_TEST_LOCK` (flock), when set.
+pub struct Serial {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    _file: Option<std::fs::File>,
+}
+
+pub fn serial() -> Serial {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = M.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::env::var_os("PATRONI_TEST_LOCK").map(|p| {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .expect("PATRONI_TEST_LOCK file");
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when the file is dropped.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock {p:?}");
+        f
+    });
+    Serial {
+        _guard: guard,
+        _file: file,
+    }
+}
