@@ -436,8 +436,11 @@ async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
         Job::Bootstrap => bootstrap(pg, local, timeout).await,
         Job::Basebackup { from } => pg.basebackup(from).await.map_err(|e| e.to_string()),
         Job::CheckDivergence { from } => {
-            // A crashed former primary must finish crash recovery before its WAL end is known.
-            if let Err(e) = pg.ensure_clean_shutdown().await {
+            // A crashed former primary must finish crash recovery before its WAL end is known
+            // (a running replica is checked as it runs).
+            if pg.postmaster_pid().is_none()
+                && let Err(e) = pg.ensure_clean_shutdown().await
+            {
                 return JobOutcome::Failed(format!(
                     "crash recovery before the divergence check failed: {e}"
                 ));

@@ -254,6 +254,9 @@ pub(super) fn follow_leader(obs: &Observation, cluster: &Cluster, mem: &mut Memo
         );
     }
     let up = upstream_of(cluster, &leader);
+    if let Some(d) = diverged_replica(obs, cluster, mem, sql, &leader, up.as_ref()) {
+        return d;
+    }
     let target = up.as_ref().map(|u| (u.host.clone(), u.port));
     let mut actions = vec![];
     if up.is_some() && obs.pg.configured_primary != target {
@@ -267,4 +270,61 @@ pub(super) fn follow_leader(obs: &Observation, cluster: &Cluster, mem: &mut Memo
         format!("following new leader '{leader}'")
     };
     decision(obs, msg, actions, Role::Replica, PgState::Running)
+}
+
+/// A running replica that does not stream from a leader on a newer timeline may have
+/// received WAL past the point where the leader's timeline forked off (an asynchronous
+/// replica of the old primary, or one that kept streaming from a frozen primary). It can
+/// never follow then: check, and if diverged stop so the not-running path rewinds it.
+fn diverged_replica(
+    obs: &Observation,
+    cluster: &Cluster,
+    mem: &mut Memory,
+    sql: &crate::postgres::types::SqlObservation,
+    leader: &str,
+    up: Option<&UpstreamConn>,
+) -> Option<Decision> {
+    let up = up?;
+    let streaming = sql
+        .wal_receiver
+        .as_ref()
+        .is_some_and(|w| w.status == "streaming");
+    let leader_tl = cluster
+        .member(leader)
+        .and_then(|m| m.data.timeline)
+        .or(cluster.timeline())?;
+    if streaming || leader_tl <= sql.timeline {
+        return None;
+    }
+    let checked = mem
+        .divergence
+        .as_ref()
+        .filter(|(u, _)| u == up)
+        .map(|(_, d)| d.clone());
+    match checked {
+        None => Some(decision(
+            obs,
+            format!(
+                "not streaming from leader '{leader}' (timeline {leader_tl} > my {}); checking whether my timeline diverged",
+                sql.timeline
+            ),
+            vec![Action::StartJob(Job::CheckDivergence { from: up.clone() })],
+            Role::Replica,
+            PgState::Running,
+        )),
+        Some(Divergence::Diverged(why)) => Some(decision(
+            obs,
+            format!("stopping to rejoin leader '{leader}': my timeline diverged ({why})"),
+            vec![Action::Stop {
+                mode: StopMode::Fast,
+            }],
+            Role::Replica,
+            PgState::Stopping,
+        )),
+        Some(Divergence::Unknown(_)) => {
+            mem.divergence = None;
+            None
+        }
+        Some(Divergence::NotDiverged) => None,
+    }
 }

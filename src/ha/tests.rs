@@ -1055,3 +1055,37 @@ fn quorum_candidate_must_hear_from_enough_voters() {
     o.peers = vec![peer("pg2", 2_000, false)];
     assert!(run(&o).actions.is_empty(), "pg2 is ahead");
 }
+
+#[test]
+fn replica_that_cannot_follow_a_newer_timeline_is_checked_and_rewound() {
+    let mut c = cluster(Some("pg1"));
+    c.members[1].data.timeline = Some(2);
+    let o = obs(c, replica_pg(5_000, Some(5433)));
+    let mut mem = Memory::default();
+    let d = decide(&o, &mut mem);
+    assert!(
+        matches!(only(&d), Action::StartJob(Job::CheckDivergence { from }) if from.member == "pg1"),
+        "{d:#?}"
+    );
+    // The check found it diverged: stop, then the stopped path rewinds.
+    let DcsView::Ok(cl) = &o.dcs else {
+        unreachable!()
+    };
+    let up = upstream_of(cl, "pg1").unwrap();
+    mem.divergence = Some((up, Divergence::Diverged("ahead of the fork".into())));
+    assert_eq!(
+        decide(&o, &mut mem).actions,
+        vec![Action::Stop {
+            mode: StopMode::Fast
+        }]
+    );
+    // Streaming replicas are left alone.
+    let mut o2 = o.clone();
+    o2.pg.sql.as_mut().unwrap().wal_receiver = Some(crate::postgres::types::WalReceiver {
+        status: "streaming".into(),
+        sender_host: None,
+        sender_port: None,
+        slot_name: None,
+    });
+    assert!(decide(&o2, &mut Memory::default()).actions.is_empty());
+}

@@ -196,11 +196,8 @@ impl Postgres {
                 .query_timeout(sql::OBSERVE_SQL, Duration::from_secs(5))
                 .await?;
             let o = sql::parse_observation(rows.first().map(Vec::as_slice).unwrap_or_default())?;
-            let lsn = if o.in_recovery {
-                o.replay_lsn.unwrap_or(o.wal_lsn)
-            } else {
-                o.wal_lsn
-            };
+            // A replica: everything it received counts (max of received and replayed).
+            let lsn = o.wal_lsn;
             return Ok(Ok(LocalPosition {
                 in_recovery: o.in_recovery,
                 timeline: o.timeline,
