@@ -33,9 +33,17 @@ fn set_pg_param(v: &mut Yaml, key: &str, value: &str) {
 }
 
 fn slot_names(port: u16) -> Vec<String> {
-    psql(port, "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots")
-        .map(|s| s.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default()
+    psql(
+        port,
+        "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots",
+    )
+    .map(|s| {
+        s.split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn has_slot(port: u16, name: &str) -> bool {
@@ -93,7 +101,11 @@ fn standby_cluster_follows_the_primary_cluster_through_a_failover() {
     assert_eq!(http_status(s.nodes[sl].api_port, "/primary"), Some(503));
     // The standby leader streams through the permanent slot on the remote primary.
     eventually(LONG, "standby_slot active on the primary", || {
-        (psql(pport, "SELECT active FROM pg_replication_slots WHERE slot_name = 'standby_slot'").ok()?
+        (psql(
+            pport,
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'standby_slot'",
+        )
+        .ok()?
             == "t")
             .then_some(())
     });
@@ -101,7 +113,11 @@ fn standby_cluster_follows_the_primary_cluster_through_a_failover() {
         wait_row(s.nodes[i].pg_port, 1, "row 1 in the standby cluster");
     }
     psql(pport, "INSERT INTO t VALUES (2)").unwrap();
-    wait_row(s.nodes[other].pg_port, 2, "row 2 cascaded to the standby replica");
+    wait_row(
+        s.nodes[other].pg_port,
+        2,
+        "row 2 cascaded to the standby replica",
+    );
 
     // Failover inside the standby cluster: the survivor becomes the standby leader and
     // follows the remote primary (still a standby).
@@ -152,18 +168,32 @@ fn logical_slot_survives_failover_and_departed_member_slot_expires() {
     eventually(LONG, "the logical slot on the primary", || {
         has_slot(pport, "cdc").then_some(())
     });
-    psql(pport, "SELECT pg_create_physical_replication_slot('external')").unwrap();
+    psql(
+        pport,
+        "SELECT pg_create_physical_replication_slot('external')",
+    )
+    .unwrap();
     psql(pport, "CREATE TABLE t (id int primary key)").unwrap();
     psql(pport, "INSERT INTO t VALUES (1)").unwrap();
-    let first = psql(pport, "SELECT string_agg(data, ' ') FROM pg_logical_slot_get_changes('cdc', NULL, NULL)").unwrap();
+    let first = psql(
+        pport,
+        "SELECT string_agg(data, ' ') FROM pg_logical_slot_get_changes('cdc', NULL, NULL)",
+    )
+    .unwrap();
     assert!(first.contains("id[integer]:1"), "{first}");
-    let flushed = psql(pport, "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'cdc'").unwrap();
+    let flushed = psql(
+        pport,
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'cdc'",
+    )
+    .unwrap();
 
     // Every node: the permanent physical slot, and the logical slot copied and moved up
     // to the primary's position.
     for i in 0..3 {
         let port = c.nodes[i].pg_port;
-        eventually(LONG, "keep_me on every node", || has_slot(port, "keep_me").then_some(()));
+        eventually(LONG, "keep_me on every node", || {
+            has_slot(port, "keep_me").then_some(())
+        });
         if i == pi {
             continue;
         }
@@ -174,7 +204,10 @@ fn logical_slot_survives_failover_and_departed_member_slot_expires() {
             (psql(port, &sql).ok()? == "t").then_some(())
         });
     }
-    assert!(has_slot(pport, "external"), "an ignored slot is never dropped");
+    assert!(
+        has_slot(pport, "external"),
+        "an ignored slot is never dropped"
+    );
 
     // Failover: kill the primary outright.
     let old_name = c.nodes[pi].name.clone();
@@ -182,26 +215,53 @@ fn logical_slot_survives_failover_and_departed_member_slot_expires() {
     let np = eventually(LONG, "a new primary", || c.primary().filter(|&i| i != pi));
     let nport = c.nodes[np].pg_port;
     psql(nport, "INSERT INTO t VALUES (2)").unwrap();
-    let after = psql(nport, "SELECT string_agg(data, ' ') FROM pg_logical_slot_get_changes('cdc', NULL, NULL)").unwrap();
-    assert!(after.contains("id[integer]:2"), "the logical slot lost changes: {after}");
-    assert!(!after.contains("id[integer]:1"), "the slot went back in time: {after}");
+    let after = psql(
+        nport,
+        "SELECT string_agg(data, ' ') FROM pg_logical_slot_get_changes('cdc', NULL, NULL)",
+    )
+    .unwrap();
+    assert!(
+        after.contains("id[integer]:2"),
+        "the logical slot lost changes: {after}"
+    );
+    assert!(
+        !after.contains("id[integer]:1"),
+        "the slot went back in time: {after}"
+    );
 
     // The departed member's slot: kept while its member key is there and for
     // member_slots_ttl after, then dropped on the new primary.
-    assert!(has_slot(nport, &old_name), "slot of {old_name} on the new primary");
+    assert!(
+        has_slot(nport, &old_name),
+        "slot of {old_name} on the new primary"
+    );
     let key = format!("/service/{}/members/{old_name}", c.scope);
     eventually(LONG, "the old primary's member key expires", || {
         let out = std::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &c.etcd.endpoint(), "get", &key, "--print-value-only"])
+            .args([
+                "--endpoints",
+                &c.etcd.endpoint(),
+                "get",
+                &key,
+                "--print-value-only",
+            ])
             .output()
             .ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
     });
-    assert!(has_slot(nport, &old_name), "slot kept within member_slots_ttl");
-    eventually(Duration::from_secs(90), "the slot expires after member_slots_ttl", || {
-        (!has_slot(nport, &old_name)).then_some(())
-    });
+    assert!(
+        has_slot(nport, &old_name),
+        "slot kept within member_slots_ttl"
+    );
+    eventually(
+        Duration::from_secs(90),
+        "the slot expires after member_slots_ttl",
+        || (!has_slot(nport, &old_name)).then_some(()),
+    );
     let survivor = (0..3).find(|&i| i != pi && i != np).unwrap();
     eventually(LONG, "the copy on the replica is dropped too", || {
         (!has_slot(c.nodes[survivor].pg_port, &old_name)).then_some(())
