@@ -19,6 +19,8 @@ pub struct Outcome {
     pub role: Role,
     /// We hold the leader key after this cycle.
     pub has_lock: bool,
+    /// The decision's slot positions for `status` (written with the leader key refresh).
+    pub status_slots: Option<crate::ha::slots::StatusSlots>,
 }
 
 #[derive(Default)]
@@ -84,6 +86,7 @@ impl Executor {
             message: d.message.clone(),
             role: d.role,
             has_lock: false,
+            status_slots: d.status_slots.clone(),
         };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
@@ -123,15 +126,18 @@ impl Executor {
                 Some(if ok { won.clone() } else { lost.clone() })
             }
             Action::UpdateLock { held, lost } => {
-                let status = obs
-                    .pg
-                    .sql
-                    .as_ref()
-                    .filter(|s| !s.in_recovery)
-                    .map(|s| Status {
+                let status = match (&obs.pg.sql, &out.status_slots) {
+                    (Some(s), Some(extra)) => Some(Status {
+                        optime: Some(s.wal_lsn),
+                        slots: extra.slots.clone(),
+                        retain_slots: extra.retain_slots.clone(),
+                    }),
+                    (Some(s), None) if !s.in_recovery => Some(Status {
                         optime: Some(s.wal_lsn),
                         ..Default::default()
-                    });
+                    }),
+                    _ => None,
+                };
                 let ok = log_dcs(
                     "update leader lock",
                     self.dcs.update_leader(status.as_ref()).await,
@@ -213,6 +219,7 @@ impl Executor {
             Action::Follow { upstream } => {
                 let slot_name = upstream
                     .as_ref()
+                    .filter(|u| u.member != crate::postgres::types::REMOTE_PRIMARY)
                     .filter(|_| obs.config.use_slots)
                     .map(|_| crate::ha::slots::slot_name(&obs.config.name));
                 let role = ConfigRole::Standby {
@@ -285,9 +292,42 @@ impl Executor {
                 None
             }
             Action::DropSlots(names) => {
-                if let Err(e) = self.pg.drop_slots(names).await {
-                    warn!("dropping replication slots {names:?} failed: {e}");
+                match self.pg.drop_slots(names).await {
+                    Ok(left) => {
+                        let gone: Vec<&String> =
+                            names.iter().filter(|n| !left.contains(n)).collect();
+                        if !gone.is_empty() {
+                            info!("dropped replication slots {gone:?}");
+                        }
+                    }
+                    Err(e) => warn!("dropping replication slots {names:?} failed: {e}"),
                 }
+                None
+            }
+            Action::CreateLogicalSlots(slots) => {
+                for l in slots {
+                    match self
+                        .pg
+                        .create_logical_slot(&l.name, &l.database, &l.plugin)
+                        .await
+                    {
+                        Ok(()) => info!(
+                            "created permanent logical slot {} ({} in {})",
+                            l.name, l.plugin, l.database
+                        ),
+                        Err(e) => warn!("creating logical slot {} failed: {e}", l.name),
+                    }
+                }
+                None
+            }
+            Action::AdvanceSlots(targets) => {
+                for (name, e) in self.pg.advance_slots(targets).await {
+                    warn!("moving replication slot {name} forward failed: {e}");
+                }
+                None
+            }
+            Action::CopyLogicalSlots { from, names } => {
+                self.copy_logical_slots(from, names).await;
                 None
             }
         }
@@ -319,6 +359,30 @@ impl Executor {
             "release leader lock after demote",
             self.dcs.delete_leader(Some(&status)).await,
         );
+    }
+
+    /// Copy the slots' state from the leader, then restart (in the background job slot)
+    /// so PostgreSQL loads them.
+    async fn copy_logical_slots(
+        &self,
+        from: &crate::postgres::types::UpstreamConn,
+        names: &[String],
+    ) {
+        match self.pg.copy_logical_slots(from, names).await {
+            Ok(()) => {
+                info!(
+                    "copied logical slots {names:?} from '{}'; restarting to load them",
+                    from.member
+                );
+                self.start_job(Job::Restart {
+                    role: self.pg.config_role(),
+                });
+            }
+            Err(e) => warn!(
+                "copying logical slots {names:?} from '{}' failed: {e}",
+                from.member
+            ),
+        }
     }
 
     fn stop_timeout(&self) -> Duration {

@@ -57,8 +57,18 @@ pub enum Action {
     SetSyncStandbyNames(Option<String>),
     /// Create missing physical replication slots (primary).
     CreateSlots(Vec<String>),
-    /// Drop physical slots of members that are gone (primary).
+    /// Drop slots that are neither wanted nor ignored (inactive ones only).
     DropSlots(Vec<String>),
+    /// Create permanent logical slots (primary).
+    CreateLogicalSlots(Vec<super::slots::LogicalSlot>),
+    /// Move slots forward to the leader's published positions (replica).
+    AdvanceSlots(Vec<(String, u64)>),
+    /// Copy permanent logical slots' state from the leader, then restart to load them
+    /// (replica; PostgreSQL reads pg_replslot only at startup).
+    CopyLogicalSlots {
+        from: UpstreamConn,
+        names: Vec<String>,
+    },
 }
 
 /// A continuation: more actions and the cycle's message if that branch is taken.
@@ -99,4 +109,7 @@ pub struct Decision {
     /// Run the next cycle after this many ms instead of loop_wait (waiting for something
     /// that happens in well under a loop).
     pub recheck_ms: Option<u64>,
+    /// Leader: slot positions and retained member slots to write into `status` together
+    /// with the leader key refresh.
+    pub status_slots: Option<super::slots::StatusSlots>,
 }

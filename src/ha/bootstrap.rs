@@ -5,7 +5,7 @@ use super::{
     upstream_of,
 };
 use crate::dcs::{Cluster, PgState, Role};
-use crate::postgres::types::{ConfigRole, StopMode};
+use crate::postgres::types::{ConfigRole, REMOTE_PRIMARY, StopMode};
 
 pub(super) fn empty_data_dir(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
     mem.reset_rewind_state();
@@ -28,6 +28,15 @@ pub(super) fn empty_data_dir(obs: &Observation, cluster: &Cluster, mem: &mut Mem
             "releasing the leader key: my data directory is empty".into(),
             vec![Action::ReleaseLock],
         ),
+        None if cluster.initialize.is_none() && super::standby::remote(obs).is_some() => {
+            let sc = super::standby::remote(obs).expect("checked");
+            let won = super::standby::bootstrap_branch(sc, me);
+            let lost = Branch::new(
+                "waiting for the standby leader to bootstrap (lost the initialize race)",
+                vec![],
+            );
+            uninit(String::new(), vec![Action::RaceInitialize { won, lost }])
+        }
         None if cluster.initialize.is_none() => {
             let won = Branch::new(
                 format!("trying to bootstrap a new cluster ({me} won the initialize race)"),
@@ -121,6 +130,24 @@ pub(super) fn job_finished(
                 Role::Uninitialized,
                 PgState::InitdbFailed,
             ))
+        }
+        (Job::Basebackup { from }, JobOutcome::Failed(e)) if from.member == REMOTE_PRIMARY => {
+            Some(decision(
+                obs,
+                format!(
+                    "failed to clone the remote primary ({e}); removing the initialize key to retry"
+                ),
+                vec![Action::RemoveDataDir, Action::CancelInitialize],
+                Role::Uninitialized,
+                PgState::Stopped,
+            ))
+        }
+        (Job::Basebackup { from }, JobOutcome::Ok)
+            if from.member == REMOTE_PRIMARY && cluster.leader_name().is_none() =>
+        {
+            mem.reset_rewind_state();
+            let sc = super::standby::remote(obs).cloned().unwrap_or_default();
+            Some(super::standby::bootstrap_finished(obs, &sc))
         }
         (Job::Basebackup { from } | Job::Reinitialize { from }, JobOutcome::Failed(e)) => {
             Some(decision(

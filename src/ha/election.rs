@@ -77,7 +77,20 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
         }
     }
     mem.catch_up_since_ms = None;
-    let (won_msg, mut won_actions) = if sql.in_recovery {
+    let standby = super::standby::remote(obs);
+    let (won_msg, mut won_actions) = if let Some(sc) = standby.filter(|_| sql.in_recovery) {
+        // A standby cluster's leader never promotes: it follows the remote primary.
+        mem.divergence = None;
+        (
+            format!(
+                "acquired session lock as a standby leader; following {}",
+                sc.describe()
+            ),
+            vec![Action::Follow {
+                upstream: Some(sc.upstream()),
+            }],
+        )
+    } else if sql.in_recovery {
         mem.divergence = None;
         let mut actions = super::sync::on_promote(obs, cluster);
         actions.push(Action::Promote);
@@ -94,7 +107,12 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     if let Some(f) = &cluster.failover {
         won_actions.push(Action::ClearFailover { version: f.version });
     }
-    let won = Branch::new(won_msg, won_actions).with_role(Role::Primary);
+    let won_role = if standby.is_some() && sql.in_recovery {
+        Role::StandbyLeader
+    } else {
+        Role::Primary
+    };
+    let won = Branch::new(won_msg, won_actions).with_role(won_role);
     let lost = Branch::new(format!("{me} lost the leader race"), vec![])
         .with_role(current_replica_role(sql));
     decision(

@@ -8,6 +8,9 @@ use crate::postgres::types::StopMode;
 pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
     let me = obs.config.name.as_str();
     let sql = obs.pg.sql.as_ref().expect("healthy");
+    if let Some(sc) = super::standby::remote(obs) {
+        return super::standby::leader_cycle(obs, cluster, mem, sc, sql);
+    }
     let step = switchover::pending(cluster)
         .filter(|_| !sql.in_recovery)
         .map(|f| (f.version, switchover::leader_step(obs, cluster, f)));
@@ -39,8 +42,11 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
         }
         _ => held_msg,
     };
+    let mut status_slots = None;
     if !sql.in_recovery {
-        held_actions.extend(primary_housekeeping(obs, cluster));
+        let retain = slots::update_retention(obs, cluster, mem);
+        held_actions.extend(primary_housekeeping_with(obs, cluster, &retain));
+        status_slots = Some(slots::leader_status(obs, cluster, sql, retain));
         let (sync_actions, soon) = super::sync::leader_actions(obs, cluster);
         held_actions.extend(sync_actions);
         recheck = soon;
@@ -69,12 +75,22 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     );
     // PostgreSQL reports a new synchronous standby within moments of the reload.
     d.recheck_ms = recheck.then_some(300);
+    d.status_slots = status_slots;
     d
 }
 
 /// What a running primary with the lock keeps in order each cycle: history after a
 /// promotion, slots for members, a stale failover key.
 pub(super) fn primary_housekeeping(obs: &Observation, cluster: &Cluster) -> Vec<Action> {
+    primary_housekeeping_with(obs, cluster, &cluster.status.retain_slots)
+}
+
+/// `primary_housekeeping` with the member slots retained this cycle.
+pub(super) fn primary_housekeeping_with(
+    obs: &Observation,
+    cluster: &Cluster,
+    retain: &[String],
+) -> Vec<Action> {
     let mut out = vec![];
     let Some(sql) = &obs.pg.sql else { return out };
     let recorded = cluster
@@ -85,14 +101,14 @@ pub(super) fn primary_housekeeping(obs: &Observation, cluster: &Cluster) -> Vec<
         Some(t) => t + 1 < sql.timeline,
         None => sql.timeline > 1,
     };
-    if needs_history {
+    if needs_history && !sql.in_recovery {
         out.push(Action::UpdateHistory {
             current: cluster.history.clone(),
             timeline: sql.timeline,
         });
     }
     if obs.config.use_slots {
-        out.extend(slots::slot_actions(&obs.config.name, cluster, sql));
+        out.extend(slots::slot_actions(obs, cluster, sql, retain));
     }
     out
 }

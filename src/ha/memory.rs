@@ -22,6 +22,9 @@ pub struct Memory {
     /// We demoted for a switchover at this time: wait for the new leader instead of
     /// starting on our own.
     pub demoted_for_switchover_ms: Option<u64>,
+    /// Leader: member slot name -> when its member was last seen (ms), for
+    /// member_slots_ttl. `None` while not the leader.
+    pub retain_slots: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Memory {

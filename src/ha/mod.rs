@@ -11,6 +11,7 @@ pub mod memory;
 pub mod observation;
 mod replica;
 pub mod slots;
+pub mod standby;
 pub mod switchover;
 pub mod sync;
 
@@ -35,6 +36,10 @@ pub fn decide(obs: &Observation, mem: &mut Memory) -> Decision {
 fn decide_with_cluster(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -> Decision {
     let i_am_leader = cluster.leader_name() == Some(obs.config.name.as_str());
     mem.has_lock = i_am_leader;
+    if !i_am_leader {
+        // Retention timers belong to the leader; a new leader seeds them from `status`.
+        mem.retain_slots = None;
+    }
     match &obs.job {
         JobState::Running(job) => return job_running(obs, job, i_am_leader),
         JobState::Finished(job, outcome) => {
@@ -200,6 +205,7 @@ pub(crate) fn decision(
         state,
         touch_member: true,
         recheck_ms: None,
+        status_slots: None,
     }
 }
 
@@ -246,3 +252,5 @@ pub fn upstream_of(cluster: &Cluster, name: &str) -> Option<UpstreamConn> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_slots;

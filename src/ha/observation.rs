@@ -22,6 +22,10 @@ pub struct HaConfig {
     /// promote or demote.
     pub paused: bool,
     pub sync: super::sync::SyncConfig,
+    /// `standby_cluster` in the dynamic configuration (None: a normal cluster).
+    pub standby_cluster: Option<super::standby::StandbyCluster>,
+    /// `slots`, `ignore_slots`, `member_slots_ttl`.
+    pub slots: super::slots::SlotsConfig,
 }
 
 impl HaConfig {

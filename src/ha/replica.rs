@@ -35,6 +35,14 @@ pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory
         mem.demoted_for_switchover_ms = None;
     }
     match cluster.leader_name() {
+        Some(leader) if leader == me && super::standby::remote(obs).is_some() => {
+            let sc = super::standby::remote(obs).expect("checked");
+            if was_primary(&control) {
+                // demote-cluster while PostgreSQL was down: it comes back as the standby leader.
+                mem.divergence = None;
+            }
+            super::standby::start_standby_leader(obs, sc)
+        }
         Some(leader) if leader == me => {
             // The lock holds: restart in place, no failover (a crashed postmaster).
             if was_primary(&control) {
@@ -264,7 +272,11 @@ pub(super) fn follow_leader(obs: &Observation, cluster: &Cluster, mem: &mut Memo
             upstream: up.clone(),
         });
     }
-    let msg = if actions.is_empty() {
+    let idle = actions.is_empty();
+    if let Some(up) = up.as_ref().filter(|_| idle) {
+        actions.extend(slots::replica_actions(obs, cluster, up));
+    }
+    let msg = if idle {
         format!("no action. I am ({me}), a secondary, and following a leader ({leader})")
     } else {
         format!("following new leader '{leader}'")

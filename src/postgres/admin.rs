@@ -128,7 +128,7 @@ impl Postgres {
             return Ok(());
         }
         let sql = format!(
-            "SELECT pg_catalog.pg_create_physical_replication_slot(n) FROM (VALUES {}) v(n) \
+            "SELECT pg_catalog.pg_create_physical_replication_slot(n, true) FROM (VALUES {}) v(n) \
              WHERE n NOT IN (SELECT slot_name FROM pg_catalog.pg_replication_slots)",
             values(names)
         );

@@ -103,6 +103,9 @@ pub struct RecoveryParams {
     /// `None`: standby without an upstream (no primary_conninfo).
     pub primary_conninfo: Option<String>,
     pub primary_slot_name: Option<String>,
+    /// More recovery settings (a standby cluster's restore_command,
+    /// archive_cleanup_command, recovery_min_apply_delay).
+    pub extra: BTreeMap<String, String>,
 }
 
 /// Parameters for `primary_conninfo` (the password lives in the passfile, never here).
@@ -151,6 +154,9 @@ pub fn render_postgresql_conf(
         }
         if let Some(slot) = &r.primary_slot_name {
             rec.insert("primary_slot_name", slot.clone());
+        }
+        for (k, v) in &r.extra {
+            rec.insert(k.as_str(), v.clone());
         }
         // Blank targets guard against settings in an included file pausing, promoting
         // or shutting down the standby.
@@ -459,6 +465,7 @@ mod tests {
         let rec = RecoveryParams {
             primary_conninfo: Some(ci),
             primary_slot_name: Some("node_2".into()),
+            ..Default::default()
         };
         let text = render_postgresql_conf("custom.conf", &BTreeMap::new(), Some(&rec));
         assert!(text.contains("primary_slot_name = 'node_2'\n"));

@@ -99,6 +99,9 @@ pub fn recovery_params(s: &PgSettings, role: &ConfigRole) -> Option<RecoveryPara
     let Some(up) = upstream else {
         return Some(RecoveryParams::default());
     };
+    if up.member == super::types::REMOTE_PRIMARY {
+        return Some(remote_recovery_params(s, up));
+    }
     let repl = s.replication();
     let passfile = s.pgpass_path().to_string_lossy().into_owned();
     let ci = conf::primary_conninfo(&ConninfoParams {
@@ -120,7 +123,33 @@ pub fn recovery_params(s: &PgSettings, role: &ConfigRole) -> Option<RecoveryPara
     Some(RecoveryParams {
         primary_conninfo: Some(ci),
         primary_slot_name: slot,
+        ..Default::default()
     })
+}
+
+/// A standby cluster's leader: stream from `standby_cluster.host:port` (no conninfo when
+/// only restore_command is configured), with `primary_slot_name` if given, and the
+/// section's restore/cleanup/delay settings.
+fn remote_recovery_params(s: &PgSettings, up: &super::types::UpstreamConn) -> RecoveryParams {
+    let sc = s.standby_cluster.clone().unwrap_or_default();
+    let repl = s.replication();
+    let passfile = s.pgpass_path().to_string_lossy().into_owned();
+    let primary_conninfo = (!up.host.is_empty()).then(|| {
+        conf::primary_conninfo(&ConninfoParams {
+            host: &up.host,
+            port: up.port,
+            user: &repl.username,
+            passfile: &passfile,
+            application_name: &s.name,
+        })
+    });
+    RecoveryParams {
+        primary_slot_name: sc
+            .primary_slot_name
+            .filter(|_| s.use_slots && primary_conninfo.is_some()),
+        primary_conninfo,
+        extra: sc.recovery,
+    }
 }
 
 /// Name of the file our postgresql.conf includes. On first use the initdb-made

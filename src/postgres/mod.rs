@@ -17,6 +17,7 @@ mod admin;
 mod lifecycle;
 mod reconfig;
 mod rewind;
+mod slots;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -180,6 +181,11 @@ pub fn settings_from_config(
         parameters: crate::config::pg_params::effective_pg_parameters(cfg, dynamic),
         pg_hba,
         use_slots: dynamic.postgresql.use_slots,
+        standby_cluster: dynamic
+            .standby_cluster
+            .as_ref()
+            .and_then(crate::ha::standby::StandbyCluster::from_map)
+            .map(|sc| sc.pg_settings()),
         run_as: None,
     }
 }

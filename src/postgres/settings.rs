@@ -22,10 +22,21 @@ pub struct PgSettings {
     /// Effective pg_hba.conf lines; empty keeps the file initdb wrote.
     pub pg_hba: Vec<String>,
     pub use_slots: bool,
+    /// The dynamic `standby_cluster` section, used when following the remote primary.
+    pub standby_cluster: Option<StandbyClusterSettings>,
     /// Run every child process as this (uid, gid) and chown files we create to it.
     /// The daemon passes `None` (it already dropped privileges); tests running as root
     /// pass the `postgres` user.
     pub run_as: Option<(u32, u32)>,
+}
+
+/// Recovery settings of a standby cluster's leader (upstream's RemoteMember).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StandbyClusterSettings {
+    /// Slot to use on the remote primary; `None`: stream without a slot (as upstream).
+    pub primary_slot_name: Option<String>,
+    /// restore_command, archive_cleanup_command, recovery_min_apply_delay when set.
+    pub recovery: BTreeMap<String, String>,
 }
 
 /// Where to reach a server and as whom.

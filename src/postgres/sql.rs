@@ -115,7 +115,8 @@ pub const OBSERVE_SQL: &str = "SELECT r.rec::text,
    'write_lsn', write_lsn::text, 'flush_lsn', flush_lsn::text, 'replay_lsn', replay_lsn::text))
    FROM pg_catalog.pg_stat_replication)::text,
  (SELECT pg_catalog.json_agg(pg_catalog.json_build_object('name', slot_name,
-   'slot_type', slot_type, 'active', active, 'restart_lsn', restart_lsn::text))
+   'slot_type', slot_type, 'active', active, 'restart_lsn', restart_lsn::text,
+   'plugin', plugin, 'database', database, 'confirmed_flush_lsn', confirmed_flush_lsn::text))
    FROM pg_catalog.pg_replication_slots)::text,
  (SELECT pg_catalog.json_object_agg(name, setting) FROM pg_catalog.pg_settings
    WHERE pending_restart)::text,
@@ -188,6 +189,9 @@ fn parse_slots(v: &serde_json::Value) -> Vec<SlotInfo> {
             slot_type: jstr(s, "slot_type").unwrap_or_default(),
             active: s.get("active").and_then(|a| a.as_bool()).unwrap_or(false),
             restart_lsn: jlsn(s, "restart_lsn"),
+            plugin: jstr(s, "plugin"),
+            database: jstr(s, "database"),
+            confirmed_flush_lsn: jlsn(s, "confirmed_flush_lsn"),
         })
         .collect()
 }

@@ -51,13 +51,25 @@ pub struct ReplicationConn {
     pub replay_lsn: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct SlotInfo {
     pub name: String,
     /// "physical" or "logical".
     pub slot_type: String,
     pub active: bool,
     pub restart_lsn: Option<u64>,
+    /// Logical slots: output plugin, database and confirmed_flush_lsn.
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub confirmed_flush_lsn: Option<u64>,
+}
+
+impl SlotInfo {
+    /// The position this slot holds: confirmed_flush_lsn for logical slots, restart_lsn
+    /// for physical ones.
+    pub fn position(&self) -> Option<u64> {
+        self.confirmed_flush_lsn.or(self.restart_lsn)
+    }
 }
 
 /// What one SQL round trip tells us about a running server.
@@ -119,6 +131,11 @@ impl PgObservation {
         }
     }
 }
+
+/// `UpstreamConn::member` of the remote primary a standby cluster's leader follows
+/// (`standby_cluster.host`/`port` in the dynamic configuration): its recovery settings
+/// come from that section, not from our own member.
+pub const REMOTE_PRIMARY: &str = "(standby_cluster remote primary)";
 
 /// Where a standby streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -292,6 +292,16 @@ impl Runtime {
                     .and_then(|v| v.as_i64())
                     .unwrap_or(-1),
             ),
+            standby_cluster: self
+                .dynamic
+                .standby_cluster
+                .as_ref()
+                .and_then(ha::standby::StandbyCluster::from_map),
+            slots: ha::slots::SlotsConfig::from_dynamic(
+                self.dynamic.slots.as_ref(),
+                self.dynamic.ignore_slots.as_ref(),
+                &self.dynamic.member_slots_ttl,
+            ),
         }
     }
 

@@ -73,34 +73,7 @@ impl Cluster {
             _ => format!("etcd3:\n  hosts: 127.0.0.1:{}\n", etcd.client_port),
         };
         let scope = format!("test{}", std::process::id());
-        let nodes = (0..n)
-            .map(|i| {
-                let (pg_port, api_port) = (free_port(), free_port());
-                let name = format!("pg{i}");
-                let data_dir = dir.join(&format!("data/{name}"));
-                let config = dir.join(&format!("{name}.yml"));
-                let yml = node_yaml(
-                    &name,
-                    &scope,
-                    pg_port,
-                    api_port,
-                    &dcs_section,
-                    &data_dir,
-                    &dir,
-                    t,
-                );
-                std::fs::write(&config, yml).unwrap();
-                Node {
-                    name,
-                    pg_port,
-                    api_port,
-                    config,
-                    data_dir,
-                    daemon: None,
-                    log_n: 0,
-                }
-            })
-            .collect();
+        let nodes = make_nodes(&dir, n, &scope, &dcs_section, t);
         std::fs::create_dir_all(dir.join("data")).unwrap();
         chown_for_postgres(&dir.join("data"));
         Cluster {
@@ -113,6 +86,41 @@ impl Cluster {
             ha_primary_port: 0,
             ha_replica_port: 0,
             scope,
+        }
+    }
+
+    /// A second cluster with another scope on the same etcd as `other` (for a standby
+    /// cluster); `other` owns the etcd process and must outlive this one.
+    pub fn sharing_etcd(other: &Cluster, n: usize, t: &Timing, scope_suffix: &str) -> Cluster {
+        let dir = TestDir::new("cluster-");
+        let etcd = Etcd {
+            client_port: other.etcd.client_port,
+            peer_port: other.etcd.peer_port,
+            dir: TestDir::new("etcd-ref-"),
+            guard: None,
+        };
+        let dcs_section = format!("etcd3:\n  hosts: 127.0.0.1:{}\n", etcd.client_port);
+        let scope = format!("{}-{scope_suffix}", other.scope);
+        let nodes = make_nodes(&dir, n, &scope, &dcs_section, t);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        chown_for_postgres(&dir.join("data"));
+        Cluster {
+            dir,
+            etcd,
+            zookeeper: None,
+            dcs: DcsKind::Etcd3,
+            nodes,
+            haproxy: None,
+            ha_primary_port: 0,
+            ha_replica_port: 0,
+            scope,
+        }
+    }
+
+    /// Edit every node's YAML configuration.
+    pub fn edit_all_configs(&self, edit: impl Fn(&mut serde_yaml_ng::Value)) {
+        for i in 0..self.nodes.len() {
+            self.edit_config(i, &edit);
         }
     }
 
@@ -287,6 +295,38 @@ impl Cluster {
             );
         }
     }
+}
+
+/// Configuration files and ports for `n` nodes named pg0.. of `scope`.
+fn make_nodes(dir: &TestDir, n: usize, scope: &str, dcs_section: &str, t: &Timing) -> Vec<Node> {
+    (0..n)
+        .map(|i| {
+            let (pg_port, api_port) = (free_port(), free_port());
+            let name = format!("pg{i}");
+            let data_dir = dir.join(&format!("data/{name}"));
+            let config = dir.join(&format!("{name}.yml"));
+            let yml = node_yaml(
+                &name,
+                scope,
+                pg_port,
+                api_port,
+                dcs_section,
+                &data_dir,
+                dir,
+                t,
+            );
+            std::fs::write(&config, yml).unwrap();
+            Node {
+                name,
+                pg_port,
+                api_port,
+                config,
+                data_dir,
+                daemon: None,
+                log_n: 0,
+            }
+        })
+        .collect()
 }
 
 fn tail(s: &str, n: usize) -> String {

@@ -72,6 +72,7 @@ pub fn node_settings(name: &str, dir: &TestDir, port: u16) -> PgSettings {
         ],
         use_slots: true,
         run_as: run_as(),
+        ..Default::default()
     }
 }
 
