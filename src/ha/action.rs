@@ -59,6 +59,8 @@ pub enum Action {
     CreateSlots(Vec<String>),
     /// Drop physical slots of members that are gone (primary).
     DropSlots(Vec<String>),
+    /// Write the `failsafe` key: member name -> REST API url (leader, failsafe mode on).
+    WriteFailsafe(std::collections::BTreeMap<String, String>),
 }
 
 /// A continuation: more actions and the cycle's message if that branch is taken.

@@ -94,5 +94,6 @@ pub(super) fn primary_housekeeping(obs: &Observation, cluster: &Cluster) -> Vec<
     if obs.config.use_slots {
         out.extend(slots::slot_actions(&obs.config.name, cluster, sql));
     }
+    out.extend(super::failsafe::leader_actions(obs, cluster));
     out
 }

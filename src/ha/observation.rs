@@ -22,6 +22,8 @@ pub struct HaConfig {
     /// promote or demote.
     pub paused: bool,
     pub sync: super::sync::SyncConfig,
+    /// `failsafe_mode: true` in the dynamic config.
+    pub failsafe_mode: bool,
 }
 
 impl HaConfig {
@@ -135,4 +137,6 @@ pub struct Observation {
     pub job: JobState,
     /// Filled only when `needs_peers` said so.
     pub peers: Vec<PeerStatus>,
+    /// POST /failsafe round (primary without DCS) and the last contact from a primary.
+    pub failsafe: super::failsafe::FailsafeInput,
 }

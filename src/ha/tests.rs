@@ -7,7 +7,7 @@ use crate::postgres::types::{
 };
 use std::sync::Arc;
 
-fn cfg() -> HaConfig {
+pub(super) fn cfg() -> HaConfig {
     HaConfig {
         name: "pg0".into(),
         ttl: 30,
@@ -21,10 +21,11 @@ fn cfg() -> HaConfig {
         tags: Default::default(),
         paused: false,
         sync: Default::default(),
+        failsafe_mode: false,
     }
 }
 
-fn member(name: &str, port: u16) -> Member {
+pub(super) fn member(name: &str, port: u16) -> Member {
     Member {
         name: name.into(),
         version: 1,
@@ -38,7 +39,7 @@ fn member(name: &str, port: u16) -> Member {
 }
 
 /// A cluster with members pg0..pg2, initialised, with the given leader.
-fn cluster(leader: Option<&str>) -> Cluster {
+pub(super) fn cluster(leader: Option<&str>) -> Cluster {
     Cluster {
         initialize: Some("42".into()),
         leader: leader.map(|l| Leader {
@@ -64,7 +65,7 @@ fn control(state: &str, tl: u32) -> DataDirState {
     })
 }
 
-fn primary_pg(lsn: u64) -> PgObservation {
+pub(super) fn primary_pg(lsn: u64) -> PgObservation {
     PgObservation {
         data_dir: control("in production", 1),
         postmaster_pid: Some(100),
@@ -79,7 +80,7 @@ fn primary_pg(lsn: u64) -> PgObservation {
     }
 }
 
-fn replica_pg(lsn: u64, following: Option<u16>) -> PgObservation {
+pub(super) fn replica_pg(lsn: u64, following: Option<u16>) -> PgObservation {
     PgObservation {
         data_dir: control("in archive recovery", 1),
         postmaster_pid: Some(100),
@@ -103,7 +104,7 @@ fn stopped_pg(state: &str) -> PgObservation {
     }
 }
 
-fn obs(c: Cluster, pg: PgObservation) -> Observation {
+pub(super) fn obs(c: Cluster, pg: PgObservation) -> Observation {
     Observation {
         now_ms: 1_000,
         // 2026-11-24T12:00:00Z
@@ -113,10 +114,11 @@ fn obs(c: Cluster, pg: PgObservation) -> Observation {
         pg,
         job: JobState::Idle,
         peers: vec![],
+        failsafe: Default::default(),
     }
 }
 
-fn peer(name: &str, wal: u64, primary: bool) -> PeerStatus {
+pub(super) fn peer(name: &str, wal: u64, primary: bool) -> PeerStatus {
     PeerStatus {
         name: name.into(),
         reply: Some(PeerReply {
@@ -130,7 +132,7 @@ fn peer(name: &str, wal: u64, primary: bool) -> PeerStatus {
     }
 }
 
-fn run(o: &Observation) -> Decision {
+pub(super) fn run(o: &Observation) -> Decision {
     decide(o, &mut Memory::default())
 }
 
