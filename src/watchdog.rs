@@ -44,10 +44,7 @@ impl WatchdogConfig {
                 .and_then(Value::as_str)
                 .unwrap_or("/dev/watchdog")
                 .into(),
-            safety_margin: m
-                .get("safety_margin")
-                .and_then(Value::as_i64)
-                .unwrap_or(5),
+            safety_margin: m.get("safety_margin").and_then(Value::as_i64).unwrap_or(5),
         }
     }
 
@@ -187,7 +184,10 @@ mod tests {
         assert_eq!(d.timeout_secs(30), 25);
         assert_eq!(cfg(json!({"mode": false})).mode, WatchdogMode::Off);
         assert_eq!(cfg(json!({"mode": "off"})).mode, WatchdogMode::Off);
-        assert_eq!(cfg(json!({"mode": "required"})).mode, WatchdogMode::Required);
+        assert_eq!(
+            cfg(json!({"mode": "required"})).mode,
+            WatchdogMode::Required
+        );
         assert_eq!(cfg(json!({"safety_margin": -1})).timeout_secs(30), 15);
     }
 

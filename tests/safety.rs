@@ -53,10 +53,14 @@ fn failsafe_keeps_primary_while_all_members_answer_and_demotes_when_one_is_gone(
         Some(&serde_json::json!({"failsafe_mode": true})),
     );
     assert_eq!(code, 200, "{body}");
-    eventually(Duration::from_secs(30), "failsafe key with 3 members", || {
-        let (s, v) = support::cluster::http_get_json(c.nodes[p].api_port, "/failsafe")?;
-        (s == 200 && v.as_object()?.len() == 3).then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "failsafe key with 3 members",
+        || {
+            let (s, v) = support::cluster::http_get_json(c.nodes[p].api_port, "/failsafe")?;
+            (s == 200 && v.as_object()?.len() == 3).then_some(())
+        },
+    );
 
     // Phase 1: etcd down, every member reachable: the primary keeps accepting writes for
     // longer than ttl (without failsafe it demotes within loop_wait + retry_timeout).
@@ -93,12 +97,17 @@ fn failsafe_keeps_primary_while_all_members_answer_and_demotes_when_one_is_gone(
     let r = (0..3).find(|&i| i != p).unwrap();
     c.kill_daemon(r, false);
     let t1 = Instant::now();
-    eventually(Duration::from_secs(FAST.ttl + 10), "primary demoted", || {
-        (!write_ok(&c, p, id)).then_some(())
-    });
+    eventually(
+        Duration::from_secs(FAST.ttl + 10),
+        "primary demoted",
+        || (!write_ok(&c, p, id)).then_some(()),
+    );
     let took = t1.elapsed();
     eprintln!("primary stopped accepting writes {took:?} after a member's daemon died");
-    assert!(took < Duration::from_secs(FAST.ttl), "demotion took {took:?}");
+    assert!(
+        took < Duration::from_secs(FAST.ttl),
+        "demotion took {took:?}"
+    );
     assert!(c.log_of(p).contains("did not answer"), "reason not logged");
 }
 
@@ -127,11 +136,16 @@ fn watchdog_test_double_gets_keepalives_and_magic_close() {
         (n > first).then_some(())
     });
     // Upstream leaves `watchdog_failed` out of /patroni unless it is true.
-    let st = support::cluster::http_get_json(c.nodes[0].api_port, "/patroni").unwrap().1;
+    let st = support::cluster::http_get_json(c.nodes[0].api_port, "/patroni")
+        .unwrap()
+        .1;
     assert!(st.get("watchdog_failed").is_none(), "{st}");
     c.sigterm_daemon(0);
     eventually(Duration::from_secs(60), "magic close", || {
-        std::fs::read_to_string(&dev).ok()?.ends_with('V').then_some(())
+        std::fs::read_to_string(&dev)
+            .ok()?
+            .ends_with('V')
+            .then_some(())
     });
 }
 

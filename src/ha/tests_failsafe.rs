@@ -40,7 +40,13 @@ fn demotes(d: &Decision) -> bool {
 fn primary_without_dcs_decisions() {
     use FailsafeAnswer::*;
     let cases: Vec<(&str, bool, Option<FailsafeRound>, bool, &str)> = vec![
-        ("failsafe off: demote", false, None, true, "DCS is not accessible"),
+        (
+            "failsafe off: demote",
+            false,
+            None,
+            true,
+            "DCS is not accessible",
+        ),
         (
             "all members accepted: keep running",
             true,

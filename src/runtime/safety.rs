@@ -44,34 +44,34 @@ impl Runtime {
             "name": me, "conn_url": conn_url, "api_url": api_url, "slots": {},
         });
         let auth = self.local.restapi.authentication.clone();
-        let calls = key.into_iter().filter(|(n, _)| *n != me).map(|(name, url)| {
-            let (http, body, auth) = (self.http.clone(), body.clone(), auth.clone());
-            async move {
-                let url = failsafe_url(&url);
-                let mut answer = FailsafeAnswer::NoAnswer("not tried".into());
-                for _ in 0..2 {
-                    let mut req = http
-                        .post(&url)
-                        .json(&body)
-                        .timeout(Duration::from_secs(2));
-                    if let Some(c) = &auth {
-                        req = req.basic_auth(&c.username, c.password.as_ref());
+        let calls = key
+            .into_iter()
+            .filter(|(n, _)| *n != me)
+            .map(|(name, url)| {
+                let (http, body, auth) = (self.http.clone(), body.clone(), auth.clone());
+                async move {
+                    let url = failsafe_url(&url);
+                    let mut answer = FailsafeAnswer::NoAnswer("not tried".into());
+                    for _ in 0..2 {
+                        let mut req = http.post(&url).json(&body).timeout(Duration::from_secs(2));
+                        if let Some(c) = &auth {
+                            req = req.basic_auth(&c.username, c.password.as_ref());
+                        }
+                        answer = match req.send().await {
+                            Ok(r) => read_answer(r).await,
+                            Err(e) => FailsafeAnswer::NoAnswer(e.to_string()),
+                        };
+                        if !matches!(answer, FailsafeAnswer::NoAnswer(_)) {
+                            break;
+                        }
                     }
-                    answer = match req.send().await {
-                        Ok(r) => read_answer(r).await,
-                        Err(e) => FailsafeAnswer::NoAnswer(e.to_string()),
-                    };
-                    if !matches!(answer, FailsafeAnswer::NoAnswer(_)) {
-                        break;
+                    match &answer {
+                        FailsafeAnswer::Accepted { .. } => info!("POST {url}: {name} accepted"),
+                        other => warn!("POST {url}: {name} did not accept: {other:?}"),
                     }
+                    (name, answer)
                 }
-                match &answer {
-                    FailsafeAnswer::Accepted { .. } => info!("POST {url}: {name} accepted"),
-                    other => warn!("POST {url}: {name} did not accept: {other:?}"),
-                }
-                (name, answer)
-            }
-        });
+            });
         FailsafeRound {
             listed: true,
             answers: futures::future::join_all(calls).await,
@@ -156,9 +156,6 @@ mod tests {
             super::failsafe_url("http://127.0.0.1:8008/patroni"),
             "http://127.0.0.1:8008/failsafe"
         );
-        assert_eq!(
-            super::failsafe_url("https://h:1/"),
-            "https://h:1/failsafe"
-        );
+        assert_eq!(super::failsafe_url("https://h:1/"), "https://h:1/failsafe");
     }
 }
