@@ -36,6 +36,12 @@ pub enum NodeCommand {
     /// DELETE /restart: drop a scheduled restart.
     CancelScheduledRestart(oneshot::Sender<CommandReply>),
     Reinitialize(ReinitRequest, oneshot::Sender<CommandReply>),
+    /// POST /failsafe from the primary `leader` (answered by the API at once; the loop
+    /// only notes it so it does not race for the leader key for ttl seconds).
+    FailsafeContact {
+        leader: String,
+        at: std::time::Instant,
+    },
 }
 
 /// The loop's answer, with upstream's status codes in mind.

@@ -21,6 +21,9 @@ pub struct Outcome {
     pub has_lock: bool,
     /// The decision's slot positions for `status` (written with the leader key refresh).
     pub status_slots: Option<crate::ha::slots::StatusSlots>,
+    /// Refreshing the leader key failed because the DCS was unreachable (failsafe mode on):
+    /// the lock branches were not run.
+    pub dcs_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -87,6 +90,7 @@ impl Executor {
             role: d.role,
             has_lock: false,
             status_slots: d.status_slots.clone(),
+            dcs_error: None,
         };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
@@ -101,6 +105,9 @@ impl Executor {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             for a in actions {
+                if out.dcs_error.is_some() {
+                    return;
+                }
                 if let Some(branch) = self.run_one(a, obs, out).await {
                     if !branch.message.is_empty() {
                         out.message = branch.message.clone();
@@ -138,10 +145,18 @@ impl Executor {
                     }),
                     _ => None,
                 };
-                let ok = log_dcs(
-                    "update leader lock",
-                    self.dcs.update_leader(status.as_ref()).await,
-                );
+                let r = self.dcs.update_leader(status.as_ref()).await;
+                if let Err(e) = &r
+                    && obs.config.failsafe_mode
+                    && !obs.config.paused
+                {
+                    // Not a lost lock but an unreachable store: the runtime re-decides this
+                    // cycle as a DCS outage (failsafe round) instead of demoting outright.
+                    warn!("update leader lock failed: {e}");
+                    out.dcs_error = Some(e.to_string());
+                    return None;
+                }
+                let ok = log_dcs("update leader lock", r);
                 out.has_lock = ok;
                 Some(if ok { held.clone() } else { lost.clone() })
             }
@@ -194,7 +209,16 @@ impl Executor {
                 None
             }
             Action::Stop { mode } => {
-                if let Err(e) = self.pg.stop(*mode, self.stop_timeout()).await {
+                // Every Stop is a demotion of a primary that may no longer lead: a fast
+                // shutdown waits for walsenders to dead standbys (tens of seconds), so it
+                // gets retry_timeout before pg.stop escalates to an immediate stop.
+                let timeout = match mode {
+                    crate::postgres::StopMode::Immediate => self.stop_timeout(),
+                    _ => self
+                        .stop_timeout()
+                        .min(Duration::from_secs(obs.config.retry_timeout.max(1))),
+                };
+                if let Err(e) = self.pg.stop(*mode, timeout).await {
                     warn!("stopping PostgreSQL ({}) failed: {e}", mode.as_str());
                 }
                 None
@@ -289,6 +313,11 @@ impl Executor {
                 if let Err(e) = self.pg.ensure_physical_slots(names).await {
                     warn!("creating replication slots {names:?} failed: {e}");
                 }
+                None
+            }
+            Action::WriteFailsafe(map) => {
+                let value = serde_json::to_string(map).unwrap_or_default();
+                log_dcs("write failsafe key", self.dcs.write_failsafe(&value).await);
                 None
             }
             Action::DropSlots(names) => {

@@ -6,11 +6,13 @@ pub mod config;
 pub mod ctl;
 pub mod dcs;
 pub mod executor;
+pub mod fence;
 pub mod ha;
 pub mod postgres;
 pub mod reload;
 pub mod runtime;
 pub mod status;
+pub mod watchdog;
 
 /// The Patroni version we advertise in member keys and /patroni. Upstream peers gate
 /// behaviour on it (dotted ints), so we advertise a value >= the upstream we coexist with.

@@ -17,12 +17,19 @@ struct Args {
     /// Check the configuration file, print every problem with its YAML path, and exit.
     #[arg(long)]
     validate_config: bool,
+    /// Internal: run as the self-fencing process for this data directory (spawned by the
+    /// daemon; see src/fence.rs).
+    #[arg(long, hide = true, value_name = "DATA_DIR")]
+    fence: Option<PathBuf>,
     /// The Patroni YAML configuration file (or set PATRONI_CONFIGURATION).
     config: Option<PathBuf>,
 }
 
 fn main() {
     let args = Args::parse();
+    if let Some(data_dir) = &args.fence {
+        std::process::exit(patroni::fence::run_fencer(data_dir));
+    }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let loaded = match config::validate::validate_file_or_env(args.config.as_deref(), &env) {
         Ok(l) => l,
@@ -117,7 +124,13 @@ async fn run(cfg: Config, path: Option<PathBuf>) -> Result<()> {
         scope: cfg.scope.clone(),
         ..Default::default()
     }));
-    let runtime = patroni::runtime::Runtime::new(cfg.clone(), dcs.clone(), pg, tx);
+    let mut runtime = patroni::runtime::Runtime::new(cfg.clone(), dcs.clone(), pg, tx);
+    // The self-fencing process is on unless PATRONI_FENCE says off (beyond upstream).
+    let fence_off = std::env::var("PATRONI_FENCE")
+        .is_ok_and(|v| matches!(v.to_lowercase().as_str(), "off" | "false" | "0" | "no"));
+    if !fence_off {
+        runtime.enable_fence();
+    }
     let api_state = patroni::api::ApiState {
         status: rx,
         dcs: Some(dcs.clone()),

@@ -11,6 +11,7 @@ mod candidates;
 mod cluster;
 mod dynconfig;
 mod error;
+mod failsafe;
 mod health;
 mod metrics;
 mod node_ops;
@@ -119,7 +120,10 @@ pub fn router(state: ApiState) -> Router {
                 .put(dynconfig::put_config),
         )
         .route("/reload", post(dynconfig::post_reload))
-        .route("/failsafe", get(get_failsafe))
+        .route(
+            "/failsafe",
+            get(failsafe::get_failsafe).post(failsafe::post_failsafe),
+        )
         .route("/metrics", get(metrics::get_metrics))
         .route(
             "/switchover",
@@ -170,16 +174,6 @@ pub async fn serve_tls(
 
 async fn get_patroni(State(ctx): State<Ctx>) -> axum::Json<PatroniStatus> {
     axum::Json(patroni_status(&ctx.snapshot()))
-}
-
-/// The `failsafe` key (member name -> api_url) as last read; 502 when there is none, as
-/// upstream answers when failsafe mode is off.
-async fn get_failsafe(State(ctx): State<Ctx>) -> Response {
-    let st = ctx.snapshot();
-    match st.cluster.as_deref().and_then(|c| c.failsafe.as_ref()) {
-        Some(f) if st.dynamic.failsafe_mode => axum::Json(f.clone()).into_response(),
-        _ => ApiError::BadGateway("failsafe mode is not active".into()).into_response(),
-    }
 }
 
 /// GET/HEAD/OPTIONS of any other path is a health check chosen by the path's words, as

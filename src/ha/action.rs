@@ -69,6 +69,8 @@ pub enum Action {
         from: UpstreamConn,
         names: Vec<String>,
     },
+    /// Write the `failsafe` key: member name -> REST API url (leader, failsafe mode on).
+    WriteFailsafe(std::collections::BTreeMap<String, String>),
 }
 
 /// A continuation: more actions and the cycle's message if that branch is taken.

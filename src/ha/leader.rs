@@ -110,5 +110,6 @@ pub(super) fn primary_housekeeping_with(
     if obs.config.use_slots {
         out.extend(slots::slot_actions(obs, cluster, sql, retain));
     }
+    out.extend(super::failsafe::leader_actions(obs, cluster));
     out
 }

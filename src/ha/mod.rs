@@ -5,6 +5,7 @@
 pub mod action;
 mod bootstrap;
 mod election;
+pub mod failsafe;
 mod leader;
 pub mod member;
 pub mod memory;
@@ -17,6 +18,7 @@ pub mod sync;
 
 pub use action::{Action, Branch, Decision};
 pub use election::needs_peers;
+pub use failsafe::{FailsafeAnswer, FailsafeContact, FailsafeInput, FailsafeRound};
 pub use memory::Memory;
 pub use observation::*;
 
@@ -71,6 +73,9 @@ fn decide_with_cluster(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
             }
             mem.unhealthy_since_ms = None;
             if cluster.is_unlocked() {
+                if let Some(d) = failsafe::blocks_race(obs, cluster) {
+                    return d;
+                }
                 election::unlocked(obs, cluster, mem)
             } else if i_am_leader {
                 leader::has_lock(obs, cluster, mem)
@@ -97,6 +102,9 @@ fn dcs_unreachable(obs: &Observation, mem: &mut Memory, err: &str) -> Decision {
         );
         d.touch_member = false;
         return d;
+    }
+    if running_primary && obs.config.failsafe_mode {
+        return failsafe::primary_without_dcs(obs, mem, err);
     }
     if running_primary || (was_leader && obs.pg.is_running()) {
         let mut d = decision(
@@ -252,5 +260,7 @@ pub fn upstream_of(cluster: &Cluster, name: &str) -> Option<UpstreamConn> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_failsafe;
 #[cfg(test)]
 mod tests_slots;

@@ -26,6 +26,8 @@ pub struct HaConfig {
     pub standby_cluster: Option<super::standby::StandbyCluster>,
     /// `slots`, `ignore_slots`, `member_slots_ttl`.
     pub slots: super::slots::SlotsConfig,
+    /// `failsafe_mode: true` in the dynamic config.
+    pub failsafe_mode: bool,
 }
 
 impl HaConfig {
@@ -139,4 +141,6 @@ pub struct Observation {
     pub job: JobState,
     /// Filled only when `needs_peers` said so.
     pub peers: Vec<PeerStatus>,
+    /// POST /failsafe round (primary without DCS) and the last contact from a primary.
+    pub failsafe: super::failsafe::FailsafeInput,
 }

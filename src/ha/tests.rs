@@ -7,7 +7,7 @@ use crate::postgres::types::{
 };
 use std::sync::Arc;
 
-fn cfg() -> HaConfig {
+pub(super) fn cfg() -> HaConfig {
     HaConfig {
         name: "pg0".into(),
         ttl: 30,
@@ -23,10 +23,11 @@ fn cfg() -> HaConfig {
         sync: Default::default(),
         standby_cluster: None,
         slots: Default::default(),
+        failsafe_mode: false,
     }
 }
 
-fn member(name: &str, port: u16) -> Member {
+pub(super) fn member(name: &str, port: u16) -> Member {
     Member {
         name: name.into(),
         version: 1,
@@ -40,7 +41,7 @@ fn member(name: &str, port: u16) -> Member {
 }
 
 /// A cluster with members pg0..pg2, initialised, with the given leader.
-fn cluster(leader: Option<&str>) -> Cluster {
+pub(super) fn cluster(leader: Option<&str>) -> Cluster {
     Cluster {
         initialize: Some("42".into()),
         leader: leader.map(|l| Leader {
@@ -66,7 +67,7 @@ fn control(state: &str, tl: u32) -> DataDirState {
     })
 }
 
-fn primary_pg(lsn: u64) -> PgObservation {
+pub(super) fn primary_pg(lsn: u64) -> PgObservation {
     PgObservation {
         data_dir: control("in production", 1),
         postmaster_pid: Some(100),
@@ -81,7 +82,7 @@ fn primary_pg(lsn: u64) -> PgObservation {
     }
 }
 
-fn replica_pg(lsn: u64, following: Option<u16>) -> PgObservation {
+pub(super) fn replica_pg(lsn: u64, following: Option<u16>) -> PgObservation {
     PgObservation {
         data_dir: control("in archive recovery", 1),
         postmaster_pid: Some(100),
@@ -105,7 +106,7 @@ fn stopped_pg(state: &str) -> PgObservation {
     }
 }
 
-fn obs(c: Cluster, pg: PgObservation) -> Observation {
+pub(super) fn obs(c: Cluster, pg: PgObservation) -> Observation {
     Observation {
         now_ms: 1_000,
         // 2026-11-24T12:00:00Z
@@ -115,10 +116,11 @@ fn obs(c: Cluster, pg: PgObservation) -> Observation {
         pg,
         job: JobState::Idle,
         peers: vec![],
+        failsafe: Default::default(),
     }
 }
 
-fn peer(name: &str, wal: u64, primary: bool) -> PeerStatus {
+pub(super) fn peer(name: &str, wal: u64, primary: bool) -> PeerStatus {
     PeerStatus {
         name: name.into(),
         reply: Some(PeerReply {
@@ -132,7 +134,7 @@ fn peer(name: &str, wal: u64, primary: bool) -> PeerStatus {
     }
 }
 
-fn run(o: &Observation) -> Decision {
+pub(super) fn run(o: &Observation) -> Decision {
     decide(o, &mut Memory::default())
 }
 

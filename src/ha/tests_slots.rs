@@ -26,6 +26,7 @@ fn cfg() -> HaConfig {
         tags: Default::default(),
         paused: false,
         sync: Default::default(),
+        failsafe_mode: false,
         standby_cluster: None,
         slots: SlotsConfig {
             member_slots_ttl_ms: TTL_MS,
@@ -121,6 +122,7 @@ fn obs(now_ms: u64, config: HaConfig, c: Cluster, pg: PgObservation) -> Observat
         pg,
         job: JobState::Idle,
         peers: vec![],
+        failsafe: Default::default(),
     }
 }
 

@@ -39,6 +39,9 @@ impl Runtime {
                 };
                 let _ = reply.send(answer);
             }
+            NodeCommand::FailsafeContact { leader, at } => {
+                self.failsafe_contact = Some(super::safety::ReceivedContact { leader, at });
+            }
             NodeCommand::Reinitialize(req, reply) => {
                 let answer = self.reinitialize(&req);
                 let _ = reply.send(answer);

@@ -3,6 +3,7 @@
 //! observe -> decide -> publish -> execute -> touch member.
 
 mod commands;
+mod safety;
 
 use crate::config::{Config, DynamicConfig};
 use crate::dcs::{Cluster, Dcs, Role};
@@ -36,6 +37,13 @@ pub struct Runtime {
     restart_reply: Option<tokio::sync::oneshot::Sender<crate::command::CommandReply>>,
     started: Instant,
     http: reqwest::Client,
+    /// The last POST /failsafe received from a primary.
+    failsafe_contact: Option<safety::ReceivedContact>,
+    /// The self-fencing process (see `fence.rs`), when enabled.
+    fence: Option<crate::fence::Fence>,
+    watchdog: crate::watchdog::Watchdog,
+    /// Watchdog mode is required and the device failed: published, and we do not lead.
+    watchdog_failed: bool,
 }
 
 impl Runtime {
@@ -50,6 +58,9 @@ impl Runtime {
         let dynamic = crate::config::dynamic::DynamicConfig::from_map(&local.bootstrap.dcs).0;
         let (config_tx, config_rx) = watch::channel(local.clone());
         let (commands_tx, commands_rx) = crate::command::channel();
+        let watchdog = crate::watchdog::Watchdog::new(crate::watchdog::WatchdogConfig::from_map(
+            &local.watchdog,
+        ));
         Runtime {
             commands_tx,
             commands_rx: Some(commands_rx),
@@ -66,10 +77,22 @@ impl Runtime {
             memory: Memory::default(),
             dynamic,
             started: Instant::now(),
+            failsafe_contact: None,
+            fence: None,
+            watchdog,
+            watchdog_failed: false,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("http client"),
+        }
+    }
+
+    /// Start the self-fencing process (the `patroni` binary only; see `fence.rs`).
+    pub fn enable_fence(&mut self) {
+        match crate::fence::Fence::spawn(&self.local.postgresql.data_dir) {
+            Ok(f) => self.fence = Some(f),
+            Err(e) => warn!("cannot start the fencing process: {e}"),
         }
     }
 
@@ -118,6 +141,7 @@ impl Runtime {
     /// Run cycles until `shutdown` resolves, then stop PostgreSQL and release the leader key.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        self.check_watchdog_at_start();
         let mut commands = self.commands_rx.take().expect("run is called once");
         loop {
             let cycle_start = Instant::now();
@@ -161,6 +185,7 @@ impl Runtime {
             let new = self.config_rx.borrow_and_update().clone();
             self.adopt_local(new);
         }
+        let cycle_boot_ms = crate::fence::boottime_ms();
         let retry = Duration::from_secs(self.dynamic.retry_timeout.max(1));
         let dcs_view = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
             Ok(Ok(c)) => {
@@ -186,7 +211,12 @@ impl Runtime {
             pg,
             job: self.executor.job_state(),
             peers: vec![],
+            failsafe: Default::default(),
         };
+        obs.failsafe.contact = self.failsafe_contact();
+        if ha::failsafe::needs_round(&obs) {
+            obs.failsafe.round = Some(self.failsafe_round().await);
+        }
         if ha::needs_peers(&obs)
             && let DcsView::Ok(c) = &obs.dcs
         {
@@ -206,16 +236,33 @@ impl Runtime {
                 _ => crate::command::CommandReply::Done("restarted successfully".into()),
             });
         }
-        let decision = ha::decide(&obs, &mut self.memory);
+        let mut decision = ha::decide(&obs, &mut self.memory);
         self.publish(&obs, decision.role, self.memory.has_lock, &decision.message);
-        let outcome = self.executor.execute(&decision, &obs).await;
+        let mut outcome = self.executor.execute(&decision, &obs).await;
+        if let Some(err) = outcome.dcs_error.take() {
+            // Refreshing the leader key hit an unreachable DCS (failsafe mode on): decide
+            // again as a DCS outage, with a POST /failsafe round.
+            obs.dcs = DcsView::Unreachable(err);
+            if ha::failsafe::needs_round(&obs) {
+                obs.failsafe.round = Some(self.failsafe_round().await);
+            }
+            decision = ha::decide(&obs, &mut self.memory);
+            self.publish(&obs, decision.role, self.memory.has_lock, &decision.message);
+            outcome = self.executor.execute(&decision, &obs).await;
+        }
         if changes_postgres(&decision.actions) {
             // Publish what PostgreSQL is now (a promoted primary must answer /primary at
             // once, not a loop_wait later).
             obs.pg = self.pg.observe().await;
         }
-        self.memory.has_lock = outcome.has_lock;
+        if let DcsView::Ok(_) = &obs.dcs {
+            self.memory.has_lock = outcome.has_lock;
+        } else {
+            // Without the DCS only the core knows (failsafe mode may keep us leading).
+            outcome.has_lock = self.memory.has_lock;
+        }
         self.memory.last_role = outcome.role;
+        self.after_cycle_safety(&obs, outcome.role, cycle_boot_ms);
         if decision.touch_member {
             self.touch_member(&obs, outcome.role, &decision.state).await;
         }
@@ -280,8 +327,9 @@ impl Runtime {
             remove_data_directory_on_rewind_failure: pgc.remove_data_directory_on_rewind_failure,
             remove_data_directory_on_diverged_timelines: pgc
                 .remove_data_directory_on_diverged_timelines,
-            tags: self.local.tags.clone(),
+            tags: self.effective_tags(),
             paused: self.dynamic.pause,
+            failsafe_mode: self.dynamic.failsafe_mode,
             sync: ha::sync::SyncConfig::from_value(
                 &self.dynamic.synchronous_mode,
                 self.dynamic.synchronous_mode_strict,
@@ -303,6 +351,15 @@ impl Runtime {
                 &self.dynamic.member_slots_ttl,
             ),
         }
+    }
+
+    /// Our tags, plus nofailover while a required watchdog is unusable.
+    fn effective_tags(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut tags = self.local.tags.clone();
+        if self.watchdog_failed {
+            tags.insert("nofailover".into(), true.into());
+        }
+        tags
     }
 
     async fn touch_member(&self, obs: &Observation, role: Role, state: &crate::dcs::PgState) {
@@ -397,7 +454,7 @@ impl Runtime {
             pending_restart: !restart_reason.is_empty(),
             scheduled_restart: self.scheduled_restart_json(),
             pending_restart_reason: restart_reason,
-            watchdog_failed: false,
+            watchdog_failed: self.watchdog_failed,
             loop_running: true,
             last_cycle_at: Some(chrono::Utc::now().timestamp()),
             last_message: message.to_string(),
@@ -418,6 +475,10 @@ impl Runtime {
         if let Err(e) = self.pg.stop(StopMode::Fast, timeout).await {
             warn!("fast shutdown failed ({e}); using immediate");
             let _ = self.pg.stop(StopMode::Immediate, timeout).await;
+        }
+        self.watchdog.disable();
+        if let Some(f) = self.fence.take() {
+            f.exit();
         }
         if self.memory.has_lock {
             let pg = self.pg.observe().await;

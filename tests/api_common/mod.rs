@@ -322,6 +322,7 @@ pub fn fake_loop(
                 NodeCommand::Restart(_, tx) => tx,
                 NodeCommand::CancelScheduledRestart(tx) => tx,
                 NodeCommand::Reinitialize(_, tx) => tx,
+                NodeCommand::FailsafeContact { .. } => continue,
             };
             if let Some(r) = reply {
                 let _ = tx.send(r);
