@@ -234,7 +234,7 @@ fn converge(c: &FaultCluster) -> HashSet<i64> {
 fn async_mode_partition_sigstop_and_etcd_outage() {
     let _s = serial();
     let (mut c, w) = bring_up(false);
-    let outcomes = vec![etcd_down(&mut c), partition(&c), sigstop(&c)];
+    let outcomes = [etcd_down(&mut c), partition(&c), sigstop(&c)];
     let acks = w.finish();
     let present = converge(&c);
     let lost_ids = lost(&acks, &present);

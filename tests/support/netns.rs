@@ -84,6 +84,7 @@ impl Net {
     }
 
     fn try_netns(n: usize) -> Result<Net, String> {
+        remove_stale();
         let pid = std::process::id();
         let subnet = format!("100.{}.{}", 64 + (pid >> 8) % 64, pid % 256);
         let tag = format!("f{pid}");
@@ -259,6 +260,40 @@ impl Drop for Net {
         for p in self.proxies.iter().flatten() {
             p.stop.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// Namespaces `f<PID>n<i>` (and bridge `brf<PID>`) of an earlier run whose test process is
+/// gone (killed, so its Drop guards never ran): kill the processes inside them (ours: only
+/// our daemons and postmasters live there) and delete them.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let ns = line.split_whitespace().next().unwrap_or("");
+        let Some((pid, _)) = ns.strip_prefix('f').and_then(|r| r.split_once('n')) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                if let Ok(p) = p.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        eprintln!("faults: removing namespace {ns} left by a killed run");
+        let _ = ip(&["netns", "del", ns]);
+        let _ = ip(&["link", "del", &format!("brf{pid}")]);
     }
 }
 
