@@ -10,6 +10,9 @@ command -v haproxy >/dev/null || need+=(haproxy)
 [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
 command -v wrk >/dev/null || need+=(wrk)  # bench/run.sh: REST throughput
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# tests/faults.rs: nodes in network namespaces, cut off with iptables inside them.
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -6,7 +6,10 @@ pub mod cluster;
 pub mod consul;
 pub mod ctl;
 pub mod etcd;
+pub mod fault_cluster;
+pub mod fault_writers;
 pub mod kube;
+pub mod netns;
 pub mod postgres;
 pub mod zookeeper;
 
