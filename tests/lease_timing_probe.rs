@@ -16,7 +16,12 @@ fn kill9_timeline() {
     std::thread::sleep(Duration::from_secs(3));
     let mut watch = std::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &c.etcd.endpoint(), "watch", &format!("/service/{}/leader", c.scope)])
+        .args([
+            "--endpoints",
+            &c.etcd.endpoint(),
+            "watch",
+            &format!("/service/{}/leader", c.scope),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -4,6 +4,7 @@
 
 pub mod action;
 mod bootstrap;
+pub mod cascade;
 mod election;
 mod leader;
 pub mod member;
@@ -246,3 +247,5 @@ pub fn upstream_of(cluster: &Cluster, name: &str) -> Option<UpstreamConn> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lifecycle;

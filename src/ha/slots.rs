@@ -9,6 +9,16 @@ pub fn slot_name(member: &str) -> String {
     crate::postgres::conf::slot_name_from_member_name(member)
 }
 
+/// A member whose `replicatefrom` names another member that exists streams from it, not
+/// from us: a slot here would only hold back WAL.
+fn cascades_from_other(m: &crate::dcs::Member, me: &str, cluster: &Cluster) -> bool {
+    m.data
+        .tags
+        .get("replicatefrom")
+        .and_then(|v| v.as_str())
+        .is_some_and(|rf| rf != me && rf != m.name && cluster.member(rf).is_some())
+}
+
 /// Create slots for every other member that streams from us; drop inactive physical slots
 /// of members that left the cluster.
 pub fn slot_actions(me: &str, cluster: &Cluster, sql: &SqlObservation) -> Vec<Action> {
@@ -16,6 +26,7 @@ pub fn slot_actions(me: &str, cluster: &Cluster, sql: &SqlObservation) -> Vec<Ac
         .members
         .iter()
         .filter(|m| m.name != me && !m.data.tag_bool("nostream"))
+        .filter(|m| !cascades_from_other(m, me, cluster))
         .map(|m| slot_name(&m.name))
         .collect();
     let physical: Vec<&str> = sql
