@@ -123,13 +123,11 @@ impl Callbacks {
         let Some(cmd) = st.commands.get(action.as_str()).and_then(Value::as_str) else {
             return;
         };
-        let Some(mut argv) = shlex::split(cmd).filter(|a| !a.is_empty()) else {
-            warn!(
-                "callback {}: cannot parse the command `{cmd}`",
-                action.as_str()
-            );
+        let mut argv = crate::postgres::conf::split_command(cmd);
+        if argv.is_empty() {
+            warn!("callback {}: empty command", action.as_str());
             return;
-        };
+        }
         argv.extend([
             action.as_str().to_string(),
             role.as_str().to_string(),
@@ -181,6 +179,37 @@ impl Callbacks {
             }
             let _ = child.wait().await;
         });
+    }
+}
+
+/// Run the `pre_promote` fencing script and wait for it (at most `timeout`, then it is
+/// killed). `Err` says why promotion must not go ahead.
+pub async fn run_pre_promote(cmd: &str, timeout: Duration) -> Result<(), String> {
+    let argv = crate::postgres::conf::split_command(cmd);
+    if argv.is_empty() {
+        return Ok(());
+    }
+    info!("running pre_promote script `{cmd}`");
+    let mut child = spawn(&argv).map_err(|e| format!("could not start `{cmd}`: {e}"))?;
+    let pid = child.id();
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(r) => r.map_err(|e| format!("waiting for `{cmd}` failed: {e}"))?,
+        Err(_) => {
+            if let Some(p) = pid {
+                kill_group(p);
+            }
+            let _ = child.wait().await;
+            return Err(format!("`{cmd}` did not finish within {timeout:?}"));
+        }
+    };
+    if let Some(p) = pid {
+        kill_group(p);
+    }
+    info!("pre_promote script `{cmd}` exited with {status}");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{cmd}` exited with {status}"))
     }
 }
 
@@ -295,6 +324,15 @@ mod tests {
         assert!(cb.state.lock().unwrap().main.is_none());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(unsafe { libc::kill(pid as i32, 0) } != 0, "still alive");
+    }
+
+    #[tokio::test]
+    async fn pre_promote_succeeds_only_on_exit_zero() {
+        assert!(run_pre_promote("true", DEFAULT_TIMEOUT).await.is_ok());
+        let e = run_pre_promote("sh -c 'exit 3'", DEFAULT_TIMEOUT).await;
+        assert!(e.unwrap_err().contains("exit status: 3"));
+        let slow = run_pre_promote("sleep 30", Duration::from_millis(200)).await;
+        assert!(slow.unwrap_err().contains("did not finish"));
     }
 
     #[tokio::test]

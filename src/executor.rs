@@ -20,6 +20,8 @@ pub struct Outcome {
     pub role: Role,
     /// We hold the leader key after this cycle.
     pub has_lock: bool,
+    /// A step failed in a way that makes the remaining actions wrong (pre_promote refused).
+    pub aborted: bool,
 }
 
 #[derive(Default)]
@@ -99,6 +101,7 @@ impl Executor {
             message: d.message.clone(),
             role: d.role,
             has_lock: false,
+            aborted: false,
         };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
@@ -113,6 +116,9 @@ impl Executor {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             for a in actions {
+                if out.aborted {
+                    return;
+                }
                 if let Some(branch) = self.run_one(a, obs, out).await {
                     if !branch.message.is_empty() {
                         out.message = branch.message.clone();
@@ -215,6 +221,21 @@ impl Executor {
                 None
             }
             Action::Promote => {
+                if let Some(cmd) = self.local.postgresql.pre_promote.as_deref()
+                    && let Err(why) =
+                        crate::callbacks::run_pre_promote(cmd, self.stop_timeout()).await
+                {
+                    // Fencing failed: we must not become a primary; give the key back so
+                    // another member (or this one, next time) can try.
+                    log_dcs("release leader lock", self.dcs.delete_leader(None).await);
+                    out.has_lock = false;
+                    out.aborted = true;
+                    out.role = Role::Replica;
+                    out.message = format!(
+                        "not promoting: the pre_promote script failed ({why}); released the leader key"
+                    );
+                    return None;
+                }
                 match self.pg.promote(self.stop_timeout()).await {
                     // As upstream: checkpoint right after promotion so a former primary can
                     // pg_rewind from us at once (pg_rewind needs the new timeline in pg_control).
