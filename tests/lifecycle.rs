@@ -142,31 +142,6 @@ fn replicatefrom_cascades_and_falls_back_to_the_leader_and_noloadbalance_hides_a
         json!({"replicatefrom": mid_name, "noloadbalance": true}),
     );
     c.start(2);
-    eventually(Duration::from_secs(120), "pg2 running", || {
-        c.is_streaming(2).then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(5));
-    eprintln!(
-        "DEBUG yml: {}",
-        std::fs::read_to_string(&c.nodes[2].config).unwrap()
-    );
-    eprintln!("DEBUG patroni: {:?}", c.patroni(2));
-    eprintln!(
-        "DEBUG wr: {:?}",
-        psql(
-            c.nodes[2].pg_port,
-            "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver"
-        )
-    );
-    eprintln!(
-        "DEBUG log: {}",
-        c.log_of(2)
-            .lines()
-            .filter(|l| !l.contains("no action"))
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     streams_from(
         &c,
         2,
