@@ -2,6 +2,7 @@
 //! basebackup, rewind, start) runs in one background job slot so the loop keeps
 //! refreshing the leader lock meanwhile.
 
+use crate::callbacks::{CallbackAction, CallbackRole, Callbacks};
 use crate::config::Config;
 use crate::dcs::{Dcs, DcsError, History, HistoryEntry, Role, Status};
 use crate::ha::{Action, Branch, Decision, Divergence, Job, JobOutcome, JobState, Observation};
@@ -24,6 +25,8 @@ pub struct Outcome {
     /// Refreshing the leader key failed because the DCS was unreachable (failsafe mode on):
     /// the lock branches were not run.
     pub dcs_error: Option<String>,
+    /// A step failed in a way that makes the remaining actions wrong (pre_promote refused).
+    pub aborted: bool,
 }
 
 #[derive(Default)]
@@ -40,6 +43,7 @@ pub struct Executor {
     local: Arc<Config>,
     slot: Arc<Mutex<Slot>>,
     wake: Arc<Notify>,
+    callbacks: Callbacks,
 }
 
 impl Executor {
@@ -49,18 +53,31 @@ impl Executor {
         local: Arc<Config>,
         wake: Arc<Notify>,
     ) -> Executor {
+        let callbacks = Callbacks::new(
+            local.postgresql.callbacks.as_ref(),
+            &local.scope,
+            crate::callbacks::DEFAULT_TIMEOUT,
+        );
         Executor {
             dcs,
             pg,
             local,
             slot: Arc::default(),
             wake,
+            callbacks,
         }
     }
 
     /// The local configuration was re-read (SIGHUP, POST /reload).
     pub fn set_local(&mut self, local: Arc<Config>) {
+        self.callbacks
+            .set_commands(local.postgresql.callbacks.as_ref());
         self.local = local;
+    }
+
+    /// The user callback scripts (the runtime fires `on_reload` and the shutdown `on_stop`).
+    pub fn callbacks(&self) -> &Callbacks {
+        &self.callbacks
     }
 
     pub fn set_postgres(&mut self, pg: Arc<Postgres>) {
@@ -91,6 +108,7 @@ impl Executor {
             has_lock: false,
             status_slots: d.status_slots.clone(),
             dcs_error: None,
+            aborted: false,
         };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
@@ -105,7 +123,7 @@ impl Executor {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             for a in actions {
-                if out.dcs_error.is_some() {
+                if out.dcs_error.is_some() || out.aborted {
                     return;
                 }
                 if let Some(branch) = self.run_one(a, obs, out).await {
@@ -167,6 +185,8 @@ impl Executor {
             }
             Action::GracefulDemote => {
                 self.graceful_demote().await;
+                self.callbacks
+                    .fire(CallbackAction::OnStop, CallbackRole::Primary);
                 out.has_lock = false;
                 None
             }
@@ -218,17 +238,40 @@ impl Executor {
                         .stop_timeout()
                         .min(Duration::from_secs(obs.config.retry_timeout.max(1))),
                 };
-                if let Err(e) = self.pg.stop(*mode, timeout).await {
-                    warn!("stopping PostgreSQL ({}) failed: {e}", mode.as_str());
+                match self.pg.stop(*mode, timeout).await {
+                    Ok(_) if obs.pg.is_running() => self
+                        .callbacks
+                        .fire(CallbackAction::OnStop, observed_role(obs, &self.callbacks)),
+                    Ok(_) => {}
+                    Err(e) => warn!("stopping PostgreSQL ({}) failed: {e}", mode.as_str()),
                 }
                 None
             }
             Action::Promote => {
+                if let Some(cmd) = self.local.postgresql.pre_promote.as_deref()
+                    && let Err(why) =
+                        crate::callbacks::run_pre_promote(cmd, self.stop_timeout()).await
+                {
+                    // Fencing failed: we must not become a primary; give the key back so
+                    // another member (or this one, next time) can try.
+                    log_dcs("release leader lock", self.dcs.delete_leader(None).await);
+                    out.has_lock = false;
+                    out.aborted = true;
+                    out.role = Role::Replica;
+                    out.message = format!(
+                        "not promoting: the pre_promote script failed ({why}); released the leader key"
+                    );
+                    return None;
+                }
                 match self.pg.promote(self.stop_timeout()).await {
                     // As upstream: checkpoint right after promotion so a former primary can
                     // pg_rewind from us at once (pg_rewind needs the new timeline in pg_control).
                     // In the background: clients may write while it runs.
                     Ok(()) => {
+                        // Upstream calls on_role_change as soon as `pg_ctl promote` returned,
+                        // before the promotion is complete.
+                        self.callbacks
+                            .fire(CallbackAction::OnRoleChange, CallbackRole::Primary);
                         let pg = self.pg.clone();
                         tokio::spawn(async move {
                             if let Err(e) = pg.checkpoint().await {
@@ -244,18 +287,23 @@ impl Executor {
                 let slot_name = upstream
                     .as_ref()
                     .filter(|u| u.member != crate::postgres::types::REMOTE_PRIMARY)
-                    .filter(|_| obs.config.use_slots)
+                    .filter(|u| {
+                        obs.config.use_slots
+                            && matches!(&obs.dcs, crate::ha::DcsView::Ok(c)
+                                if crate::ha::cascade::streams_from_leader(u, c))
+                    })
                     .map(|_| crate::ha::slots::slot_name(&obs.config.name));
                 let role = ConfigRole::Standby {
                     upstream: upstream.clone(),
                     slot_name,
                 };
                 match self.pg.write_config(&role) {
-                    Ok(()) => {
-                        if let Err(e) = self.pg.reload() {
-                            warn!("reload after re-pointing the standby failed: {e}");
-                        }
-                    }
+                    Ok(()) => match self.pg.reload() {
+                        Ok(_) => self
+                            .callbacks
+                            .fire(CallbackAction::OnReload, CallbackRole::Replica),
+                        Err(e) => warn!("reload after re-pointing the standby failed: {e}"),
+                    },
                     Err(e) => warn!("rewriting the standby configuration failed: {e}"),
                 }
                 None
@@ -497,11 +545,12 @@ impl Executor {
             s.running = Some(job.clone());
         }
         info!("starting {}", job.describe());
-        let (pg, local, slot, wake) = (
+        let (pg, local, slot, wake, callbacks) = (
             self.pg.clone(),
             self.local.clone(),
             self.slot.clone(),
             self.wake.clone(),
+            self.callbacks.clone(),
         );
         let task_slot = slot.clone();
         let mut s = task_slot.lock().expect("job slot");
@@ -509,7 +558,10 @@ impl Executor {
             let outcome = run_job(&pg, &local, &job).await;
             match &outcome {
                 JobOutcome::Failed(e) => warn!("{} failed: {e}", job.describe()),
-                o => info!("{} finished: {o:?}", job.describe()),
+                o => {
+                    info!("{} finished: {o:?}", job.describe());
+                    job_callback(&callbacks, &job);
+                }
             }
             let mut s = slot.lock().expect("job slot");
             s.running = None;
@@ -520,6 +572,33 @@ impl Executor {
         });
         s.task = Some(task.abort_handle());
         true
+    }
+}
+
+/// The callback a successfully finished job triggers (bootstrap runs none until it is done).
+fn job_callback(cb: &Callbacks, job: &Job) {
+    match job {
+        Job::Bootstrap => cb.started(CallbackRole::Primary),
+        Job::Start { role } => cb.started(callback_role(role)),
+        Job::Restart { role } => cb.fire(CallbackAction::OnRestart, callback_role(role)),
+        _ => {}
+    }
+}
+
+fn callback_role(role: &ConfigRole) -> CallbackRole {
+    match role {
+        ConfigRole::Primary => CallbackRole::Primary,
+        ConfigRole::Standby { .. } => CallbackRole::Replica,
+    }
+}
+
+/// The role PostgreSQL had this cycle (for `on_stop`); the last reported one while it was
+/// not answering queries.
+fn observed_role(obs: &Observation, cb: &Callbacks) -> CallbackRole {
+    match &obs.pg.sql {
+        Some(s) if s.in_recovery => CallbackRole::Replica,
+        Some(_) => CallbackRole::Primary,
+        None => cb.last_role().unwrap_or(CallbackRole::Replica),
     }
 }
 

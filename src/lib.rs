@@ -1,6 +1,7 @@
 //! A Rust re-implementation of Patroni: PostgreSQL high availability on a DCS.
 
 pub mod api;
+pub mod callbacks;
 pub mod command;
 pub mod config;
 pub mod ctl;

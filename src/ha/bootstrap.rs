@@ -1,9 +1,6 @@
 //! Empty data directory, the bootstrap race, and what to do when a background job ends.
 
-use super::{
-    Action, Branch, Decision, Divergence, Job, JobOutcome, Memory, Observation, decision,
-    upstream_of,
-};
+use super::{Action, Branch, Decision, Divergence, Job, JobOutcome, Memory, Observation, decision};
 use crate::dcs::{Cluster, PgState, Role};
 use crate::postgres::types::{ConfigRole, REMOTE_PRIMARY, StopMode};
 
@@ -13,7 +10,14 @@ pub(super) fn empty_data_dir(obs: &Observation, cluster: &Cluster, mem: &mut Mem
     let uninit =
         |msg: String, actions| decision(obs, msg, actions, Role::Uninitialized, PgState::Stopped);
     match cluster.leader_name() {
-        Some(leader) if leader != me => match upstream_of(cluster, leader) {
+        Some(leader) if leader != me => match super::cascade::clone_source(obs, cluster, leader) {
+            Some(from) if from.member != leader => uninit(
+                format!(
+                    "trying to bootstrap from replica '{}' (clonefrom)",
+                    from.member
+                ),
+                vec![Action::StartJob(Job::Basebackup { from })],
+            ),
             Some(from) => uninit(
                 format!("trying to bootstrap from leader '{leader}'"),
                 vec![Action::StartJob(Job::Basebackup { from })],

@@ -4,6 +4,7 @@
 
 pub mod action;
 mod bootstrap;
+pub mod cascade;
 mod election;
 pub mod failsafe;
 mod leader;
@@ -262,5 +263,7 @@ pub fn upstream_of(cluster: &Cluster, name: &str) -> Option<UpstreamConn> {
 mod tests;
 #[cfg(test)]
 mod tests_failsafe;
+#[cfg(test)]
+mod tests_lifecycle;
 #[cfg(test)]
 mod tests_slots;

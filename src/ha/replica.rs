@@ -1,7 +1,8 @@
 //! A node that is not (or should not be) the primary: start, rewind, follow.
 
 use super::{
-    Action, Branch, Decision, Divergence, Job, Memory, Observation, decision, slots, upstream_of,
+    Action, Branch, Decision, Divergence, Job, Memory, Observation, cascade, decision, slots,
+    upstream_of,
 };
 use crate::dcs::{Cluster, PgState, Role};
 use crate::postgres::types::{ConfigRole, ControlData, DataDirState, StopMode, UpstreamConn};
@@ -74,12 +75,14 @@ pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory
             Some(up) => start_following(obs, cluster, mem, &control, up),
             None => start_standby(
                 obs,
+                cluster,
                 None,
                 format!("starting as a secondary; leader '{leader}' has no address yet"),
             ),
         },
         None => start_standby(
             obs,
+            cluster,
             None,
             "starting as a secondary (the cluster has no leader)".into(),
         ),
@@ -133,7 +136,8 @@ fn start_following(
         .or(cluster.timeline());
     let may_have_diverged = was_primary(control) || leader_tl.is_some_and(|t| t > control.timeline);
     if !may_have_diverged {
-        return start_standby(obs, Some(up), "starting as a secondary".into());
+        let src = cascade::stream_source(obs, cluster, &up.member);
+        return start_standby(obs, cluster, src, "starting as a secondary".into());
     }
     let checked = mem
         .divergence
@@ -158,7 +162,8 @@ fn start_following(
             ),
         ),
         Some(Divergence::NotDiverged) => {
-            start_standby(obs, Some(up), "starting as a secondary".into())
+            let src = cascade::stream_source(obs, cluster, &up.member);
+            start_standby(obs, cluster, src, "starting as a secondary".into())
         }
         Some(Divergence::Diverged(why)) if obs.config.use_pg_rewind && !mem.rewind_failed => {
             job_decision(
@@ -204,10 +209,16 @@ fn start_following(
     }
 }
 
-fn start_standby(obs: &Observation, up: Option<UpstreamConn>, msg: String) -> Decision {
+fn start_standby(
+    obs: &Observation,
+    cluster: &Cluster,
+    up: Option<UpstreamConn>,
+    msg: String,
+) -> Decision {
+    // A slot is kept for us by the leader only; a cascading source has none for us.
     let slot_name = up
         .as_ref()
-        .filter(|_| obs.config.use_slots)
+        .filter(|u| obs.config.use_slots && cascade::streams_from_leader(u, cluster))
         .map(|_| slots::slot_name(&obs.config.name));
     let role = ConfigRole::Standby {
         upstream: up,
@@ -261,7 +272,7 @@ pub(super) fn follow_leader(obs: &Observation, cluster: &Cluster, mem: &mut Memo
             PgState::Stopping,
         );
     }
-    let up = upstream_of(cluster, &leader);
+    let up = cascade::stream_source(obs, cluster, &leader);
     if let Some(d) = diverged_replica(obs, cluster, mem, sql, &leader, up.as_ref()) {
         return d;
     }
@@ -279,7 +290,15 @@ pub(super) fn follow_leader(obs: &Observation, cluster: &Cluster, mem: &mut Memo
     let msg = if idle {
         format!("no action. I am ({me}), a secondary, and following a leader ({leader})")
     } else {
-        format!("following new leader '{leader}'")
+        match &up {
+            Some(u) if u.member != leader => {
+                format!(
+                    "following '{}' (replicatefrom) instead of leader '{leader}'",
+                    u.member
+                )
+            }
+            _ => format!("following new leader '{leader}'"),
+        }
     };
     decision(obs, msg, actions, Role::Replica, PgState::Running)
 }

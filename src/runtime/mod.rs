@@ -5,6 +5,7 @@
 mod commands;
 mod safety;
 
+use crate::callbacks::{CallbackAction, CallbackRole};
 use crate::config::{Config, DynamicConfig};
 use crate::dcs::{Cluster, Dcs, Role};
 use crate::executor::Executor;
@@ -305,7 +306,14 @@ impl Runtime {
         let settings = crate::postgres::settings_from_config(&self.local, &self.dynamic);
         match self.pg.apply_settings(settings) {
             Ok(crate::postgres::Reconfigured::Reloaded) => {
-                info!("PostgreSQL configuration changed: files rewritten and reloaded")
+                info!("PostgreSQL configuration changed: files rewritten and reloaded");
+                let cb = self.executor.callbacks();
+                let role = if self.memory.has_lock {
+                    CallbackRole::Primary
+                } else {
+                    cb.last_role().unwrap_or(CallbackRole::Replica)
+                };
+                cb.fire(CallbackAction::OnReload, role);
             }
             Ok(_) => {}
             Err(e) => warn!("applying the new PostgreSQL configuration failed: {e}"),
@@ -466,12 +474,19 @@ impl Runtime {
 
     /// SIGTERM: stop PostgreSQL cleanly, then hand the leader key over at once (with the
     /// shutdown checkpoint as the last optime) instead of letting it expire after ttl.
+    /// Paused (maintenance mode): PostgreSQL keeps running and the leader key stays, as in
+    /// upstream's pause.rst; the key then expires after ttl unless a daemon comes back.
     async fn shutdown(&mut self) {
+        if self.dynamic.pause {
+            info!("shutting down while paused: leaving PostgreSQL running");
+            return;
+        }
         info!("shutting down: stopping PostgreSQL");
         let mut st = (**self.status.borrow()).clone();
         st.role = Role::Demoted;
         self.status.send_replace(Arc::new(st));
         let timeout = Duration::from_secs(self.local.postgresql.pg_ctl_timeout.max(1));
+        let was_running = self.pg.postmaster_pid().is_some();
         if let Err(e) = self.pg.stop(StopMode::Fast, timeout).await {
             warn!("fast shutdown failed ({e}); using immediate");
             let _ = self.pg.stop(StopMode::Immediate, timeout).await;
@@ -479,6 +494,15 @@ impl Runtime {
         self.watchdog.disable();
         if let Some(f) = self.fence.take() {
             f.exit();
+        }
+        if was_running {
+            let cb = self.executor.callbacks();
+            let role = if self.memory.has_lock {
+                CallbackRole::Primary
+            } else {
+                cb.last_role().unwrap_or(CallbackRole::Replica)
+            };
+            cb.fire(CallbackAction::OnStop, role);
         }
         if self.memory.has_lock {
             let pg = self.pg.observe().await;
