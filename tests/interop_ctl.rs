@@ -139,6 +139,19 @@ fn config_and_restart(ctl: Ctl, c: &Cluster, cfg: &Path, figs: &mut Vec<(String,
             c.patroni(i).filter(|v| v["pending_restart"] == true)
         });
     }
+    eventually(
+        Duration::from_secs(20),
+        "list shows pending restarts",
+        || {
+            let rows = ctl(cfg, &["list", "-f", "json"], "").ok().json();
+            let pending = rows
+                .as_array()?
+                .iter()
+                .filter(|r| r.get("Pending restart").is_some());
+            (pending.count() == 3).then_some(())
+        },
+    );
+    scheduled_restart(ctl, c, cfg);
     // Replicas first, as an operator would (a standby with fewer max_connections than its
     // primary pauses replay).
     let p = c.primary().unwrap();
@@ -163,6 +176,39 @@ fn config_and_restart(ctl: Ctl, c: &Cluster, cfg: &Path, figs: &mut Vec<(String,
         });
     }
     assert_eq!(c.primary(), Some(p), "a restart is not a failover");
+}
+
+/// restart --scheduled shows up in `list` (from the member key) and flush removes it.
+fn scheduled_restart(ctl: Ctl, c: &Cluster, cfg: &Path) {
+    let name = c.nodes[0].name.clone();
+    let at = (chrono::Local::now() + chrono::Duration::hours(2))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let args = ["restart", &c.scope, &name, "--scheduled", &at, "--force"];
+    let r = ctl(cfg, &args, "");
+    expect_out(
+        r.ok(),
+        &format!("Success: restart scheduled on member {name}"),
+    );
+    let listed = |want: bool| {
+        let rows = ctl(cfg, &["list", "-f", "json"], "").ok().json();
+        let has = rows
+            .as_array()?
+            .iter()
+            .any(|r| r["Member"] == name.as_str() && r.get("Scheduled restart").is_some());
+        (has == want).then_some(())
+    };
+    eventually(Duration::from_secs(20), "scheduled restart listed", || {
+        listed(true)
+    });
+    let r = ctl(cfg, &["flush", &c.scope, &name, "restart", "--force"], "");
+    expect_out(
+        r.ok(),
+        &format!("Success: flush scheduled restart for member {name}"),
+    );
+    eventually(Duration::from_secs(20), "scheduled restart gone", || {
+        listed(false)
+    });
 }
 
 /// pause --wait: every node's /patroni says pause, `list` shows maintenance mode; resume.
@@ -199,8 +245,6 @@ fn switchover_failover(ctl: Ctl, c: &Cluster, cfg: &Path, figs: &mut Vec<(String
         &[
             "switchover",
             &c.scope,
-            "--leader",
-            &c.nodes[old].name,
             "--candidate",
             &c.nodes[cand].name,
             "--force",
@@ -248,10 +292,14 @@ fn history(ctl: Ctl, c: &Cluster, cfg: &Path, p: usize) {
     let rows = h.as_array().unwrap();
     assert!(rows.len() >= 2, "two timeline switches: {h}");
     // GET /history answers from the node's last cycle: it catches up within loop_wait.
-    eventually(Duration::from_secs(20), "same history in GET /history", || {
-        let api = http_get_json(c.nodes[p].api_port, "/history")?.1;
-        (api.as_array()?.len() == rows.len()).then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "same history in GET /history",
+        || {
+            let api = http_get_json(c.nodes[p].api_port, "/history")?.1;
+            (api.as_array()?.len() == rows.len()).then_some(())
+        },
+    );
     let tl: i64 = psql(
         c.nodes[p].pg_port,
         "SELECT timeline_id FROM pg_control_checkpoint()",
