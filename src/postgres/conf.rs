@@ -21,6 +21,32 @@ pub fn is_cmdline_param(name: &str) -> bool {
     CMDLINE_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
+/// Settings of the recovery machinery that come and go with the role (a promoted standby
+/// still runs with its `recovery_target_*` values until a restart). Upstream leaves them,
+/// and `hot_standby`, out of the pending-restart report.
+const RECOVERY_GUCS: &[&str] = &[
+    "archive_cleanup_command",
+    "restore_command",
+    "recovery_end_command",
+    "recovery_target",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_lsn",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+    "recovery_target_action",
+    "recovery_min_apply_delay",
+    "primary_conninfo",
+    "primary_slot_name",
+    "promote_trigger_file",
+    "hot_standby",
+];
+
+pub fn is_recovery_param(name: &str) -> bool {
+    RECOVERY_GUCS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
 /// Split `postgresql.listen` ("addr1,addr2:port") into (listen_addresses, port).
 pub fn split_listen(listen: &str) -> (String, u16) {
     match listen.rsplit_once(':') {
@@ -407,6 +433,13 @@ pub fn split_command(cmd: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_settings_are_told_apart() {
+        assert!(is_recovery_param("Recovery_Target_Timeline"));
+        assert!(is_recovery_param("hot_standby"));
+        assert!(!is_recovery_param("max_connections"));
+    }
     use serde_json::json;
 
     #[test]

@@ -92,6 +92,9 @@ impl Postgres {
         let wanted = s.server_parameters();
         let mut out = BTreeMap::new();
         for (name, running) in sql_pending {
+            if conf::is_recovery_param(name) {
+                continue;
+            }
             out.insert(
                 name.clone(),
                 RestartReason {

@@ -384,6 +384,12 @@ impl Runtime {
             data.pending_restart = Some(true);
             data.pending_restart_reason = Some(serde_json::Value::Object(reason));
         }
+        // Upstream's member key carries both: `patronictl pause --wait` polls `pause` in every
+        // member key, and `patronictl list` shows `scheduled_restart` from there.
+        if obs.config.paused {
+            data.pause = Some(true);
+        }
+        data.scheduled_restart = self.scheduled_restart_json();
         if let Err(e) = self.dcs.touch_member(&data).await {
             warn!("updating my member key failed: {e}");
         }

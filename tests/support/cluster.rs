@@ -282,7 +282,9 @@ impl Cluster {
 
     pub fn log_of(&self, i: usize) -> String {
         let n = &self.nodes[i];
-        std::fs::read_to_string(self.dir.join(&format!("{}-{}.log", n.name, n.log_n)))
+        // Lossy: a child's output may hold bytes that are not UTF-8.
+        std::fs::read(self.dir.join(&format!("{}-{}.log", n.name, n.log_n)))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
 
