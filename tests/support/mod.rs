@@ -7,6 +7,7 @@ pub mod consul;
 pub mod ctl;
 pub mod etcd;
 pub mod kube;
+pub mod mixed;
 pub mod postgres;
 pub mod zookeeper;
 

@@ -1,0 +1,121 @@
+//! Mixed clusters of upstream Patroni 4.1 nodes and ours (same scope, same etcd v3):
+//! the node-by-node migration from 3 upstream nodes to 3 of ours and back with a writer
+//! counting acknowledged writes, and kill -9 leader races across kinds.
+//! Run under the machine's cluster lock: `flock /work/wt/cluster.lock cargo test --test mixed_cluster`.
+mod support;
+
+use std::time::Duration;
+use support::eventually;
+use support::mixed::{Kind, MixedCluster};
+
+use Kind::{Ours, Upstream};
+
+fn figure(what: &str, pause: Duration) {
+    println!("FIGURE write pause during switchover {what}: {pause:?}");
+}
+
+#[test]
+fn migration_walk_upstream_to_ours_and_back() {
+    let mut m = MixedCluster::new(&[Upstream, Upstream, Upstream], |_, _| {});
+    m.bootstrap();
+
+    // Upstream leader pg0; replace replica pg1 with ours, then hand it the leadership.
+    let gap = m.with_writer(|m| {
+        m.replace(1, Ours);
+        m.check("pg1 replaced by ours");
+    });
+    println!("write pause while replacing replica pg1: {gap:?}");
+    let gap = m.with_writer(|m| {
+        m.switchover(1, "upstream -> ours");
+        m.check("switchover to ours pg1");
+    });
+    figure("upstream pg0 -> ours pg1", gap);
+
+    // The remaining two, both replicas now (pg0 is the former leader).
+    let gap = m.with_writer(|m| {
+        m.replace(2, Ours);
+        m.check("pg2 replaced by ours");
+        m.replace(0, Ours);
+        m.check("pg0 replaced by ours");
+    });
+    println!("write pause while replacing replicas pg2, pg0: {gap:?}");
+    let gap = m.with_writer(|m| {
+        m.switchover(2, "ours -> ours");
+        m.check("switchover to ours pg2");
+    });
+    figure("ours pg1 -> ours pg2", gap);
+
+    // And back to upstream the same way.
+    let gap = m.with_writer(|m| {
+        m.replace(0, Upstream);
+        m.check("pg0 back to upstream");
+    });
+    println!("write pause while replacing replica pg0: {gap:?}");
+    let gap = m.with_writer(|m| {
+        m.switchover(0, "ours -> upstream");
+        m.check("switchover to upstream pg0");
+    });
+    figure("ours pg2 -> upstream pg0", gap);
+    let gap = m.with_writer(|m| {
+        m.replace(1, Upstream);
+        m.check("pg1 back to upstream");
+        m.replace(2, Upstream);
+        m.check("pg2 back to upstream");
+    });
+    println!("write pause while replacing replicas pg1, pg2: {gap:?}");
+    assert_eq!(m.kinds, vec![Upstream; 3]);
+    println!("acknowledged writes checked: {}", m.acked.len());
+}
+
+/// failover_priority tags make the race deterministic on an idle cluster (equal WAL
+/// positions): pg0 leads first, then pg2 (2) beats pg1 (1); after pg2 dies pg0 (3) beats pg1.
+fn priorities(i: usize, v: &mut serde_yaml_ng::Value) {
+    let prio = [3, 1, 2][i];
+    v["tags"] = serde_yaml_ng::from_str(&format!("{{failover_priority: {prio}}}")).unwrap();
+}
+
+/// kill -9 of the leader's daemon and postgres; `winner` must take over, the other replica
+/// follow it, and the killed node rejoin (same kind) as a streaming replica.
+fn kill_leader(m: &mut MixedCluster, leader: usize, winner: usize, step: &str) {
+    assert_eq!(m.c.wait_primary(Duration::from_secs(60)), leader);
+    let gap = m.with_writer(|_| {});
+    println!("{step}: writes before the kill, longest pause {gap:?}");
+    // Idle and caught up, so the race is decided by the priorities.
+    m.check(&format!("{step}: before kill"));
+    m.c.kill_daemon(leader, true);
+    let gap = m.with_writer(|m| {
+        eventually(
+            Duration::from_secs(180),
+            &format!("{step}: {} to win the race", m.name(winner)),
+            || (m.c.primary() == Some(winner)).then_some(()),
+        );
+        let other = (0..3).find(|&i| i != leader && i != winner).unwrap();
+        eventually(
+            Duration::from_secs(180),
+            &format!("{step}: {} to follow the new leader", m.name(other)),
+            || m.c.is_streaming(other).then_some(()),
+        );
+    });
+    println!(
+        "FIGURE write pause after kill -9 of leader {} ({:?}), new leader {} ({:?}): {gap:?}",
+        m.name(leader),
+        m.kinds[leader],
+        m.name(winner),
+        m.kinds[winner]
+    );
+    m.start(leader);
+    let p = m.check(&format!("{step}: {} rejoined", m.name(leader)));
+    assert_eq!(p, winner, "{step}: the rejoined node took the leadership back");
+}
+
+#[test]
+fn kill_leader_race_across_kinds() {
+    let mut m = MixedCluster::new(&[Upstream, Upstream, Ours], priorities);
+    m.bootstrap();
+    // 2 upstream + 1 ours: ours (priority 2) must win over upstream pg1 (priority 1).
+    kill_leader(&mut m, 0, 2, "2 upstream + 1 ours");
+    // 1 upstream + 2 ours: upstream pg0 (priority 3) must win over ours pg1 (priority 1).
+    m.replace(1, Ours);
+    m.check("pg1 replaced by ours");
+    kill_leader(&mut m, 2, 0, "1 upstream + 2 ours");
+}
