@@ -5,6 +5,7 @@
 mod support;
 
 use std::time::Duration;
+use support::cluster::psql;
 use support::eventually;
 use support::mixed::{Kind, MixedCluster};
 
@@ -74,22 +75,23 @@ fn priorities(i: usize, v: &mut serde_yaml_ng::Value) {
     v["tags"] = serde_yaml_ng::from_str(&format!("{{failover_priority: {prio}}}")).unwrap();
 }
 
-/// kill -9 of the leader's daemon and postgres; `winner` must take over, the other replica
-/// follow it, and the killed node rejoin (same kind) as a streaming replica.
+/// kill -9 of the leader's daemon: `winner` must take over and the other replica follow
+/// it. The orphaned postmaster then takes one write that nobody else has (a diverged
+/// timeline) before it is killed too, so the killed node can only rejoin, as the same kind,
+/// through pg_rewind.
 fn kill_leader(m: &mut MixedCluster, leader: usize, winner: usize, step: &str) {
     assert_eq!(m.c.wait_primary(Duration::from_secs(60)), leader);
-    let gap = m.with_writer(|_| {});
-    println!("{step}: writes before the kill, longest pause {gap:?}");
-    // Idle and caught up, so the race is decided by the priorities.
+    m.with_writer(|_| {});
+    // Caught up and idle, so the race is decided by the priorities.
     m.check(&format!("{step}: before kill"));
-    m.c.kill_daemon(leader, true);
+    let other = (0..3).find(|&i| i != leader && i != winner).unwrap();
     let gap = m.with_writer(|m| {
+        m.c.kill_daemon(leader, false);
         eventually(
             Duration::from_secs(180),
             &format!("{step}: {} to win the race", m.name(winner)),
             || (m.c.primary() == Some(winner)).then_some(()),
         );
-        let other = (0..3).find(|&i| i != leader && i != winner).unwrap();
         eventually(
             Duration::from_secs(180),
             &format!("{step}: {} to follow the new leader", m.name(other)),
@@ -103,9 +105,17 @@ fn kill_leader(m: &mut MixedCluster, leader: usize, winner: usize, step: &str) {
         m.name(winner),
         m.kinds[winner]
     );
+    let old = m.c.nodes[leader].pg_port;
+    let diverged = -(leader as i64) - 1;
+    psql(old, &format!("INSERT INTO t VALUES ({diverged}); CHECKPOINT")).unwrap();
+    m.c.kill_daemon(leader, true);
     m.start(leader);
     let p = m.check(&format!("{step}: {} rejoined", m.name(leader)));
     assert_eq!(p, winner, "{step}: the rejoined node took the leadership back");
+    let rows = psql(old, &format!("SELECT count(*) FROM t WHERE id = {diverged}")).unwrap();
+    assert_eq!(rows, "0", "{step}: the diverged write survived the rejoin");
+    let log = m.c.log_of(leader).to_lowercase();
+    assert!(log.contains("rewind"), "{step}: no pg_rewind in the log");
 }
 
 #[test]
