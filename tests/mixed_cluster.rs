@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 use support::cluster::psql;
 use support::eventually;
+use support::ctl::theirs;
 use support::mixed::{Kind, MixedCluster};
 
 use Kind::{Ours, Upstream};
@@ -128,4 +129,69 @@ fn kill_leader_race_across_kinds() {
     m.replace(1, Ours);
     m.check("pg1 replaced by ours");
     kill_leader(&mut m, 2, 0, "1 upstream + 2 ours");
+}
+
+/// The leader's synchronous standby is `standby` everywhere: the /sync key, the leader's
+/// synchronous_standby_names and pg_stat_replication, upstream patronictl's Role.
+fn sync_pair(m: &MixedCluster, leader: usize, standby: usize, step: &str) {
+    let (l, s) = (m.name(leader), m.name(standby));
+    let long = Duration::from_secs(120);
+    eventually(long, &format!("{step}: /sync names {l} and {s}"), || {
+        let key = m.dcs_get("sync");
+        (key["leader"] == l.as_str() && key["sync_standby"] == s.as_str()).then_some(())
+    });
+    let port = m.c.nodes[leader].pg_port;
+    eventually(long, &format!("{step}: {s} streams synchronously"), || {
+        let sql = format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{s}'");
+        (psql(port, &sql).ok()? == "sync").then_some(())
+    });
+    eventually(long, &format!("{step}: patronictl shows {s} as Sync Standby"), || {
+        (m.list_rows()[&s]["Role"] == "Sync Standby").then_some(())
+    });
+    println!("{step}: sync standby {s} ({:?}) of {l} ({:?})", m.kinds[standby], m.kinds[leader]);
+}
+
+/// Synchronous replication with the sync standby of the other kind, both ways round, and a
+/// dynamic configuration change (a reloadable and a restart-only parameter) made with
+/// upstream's patronictl and applied by both kinds.
+#[test]
+fn sync_standby_and_dynamic_config_across_kinds() {
+    let mut m = MixedCluster::new(&[Upstream, Ours], |_, _| {});
+    m.bootstrap();
+    let set = |args: &[&str]| {
+        let mut all = vec!["edit-config", "--force"];
+        all.extend_from_slice(args);
+        theirs(&m.ctl, &all, "").ok();
+    };
+    set(&["-s", "synchronous_mode=true"]);
+    sync_pair(&m, 0, 1, "upstream leader");
+    let gap = m.with_writer(|m| {
+        m.switchover(1, "sync upstream -> ours");
+        m.check("sync switchover to ours pg1");
+    });
+    figure("(synchronous_mode) upstream pg0 -> ours pg1", gap);
+    sync_pair(&m, 1, 0, "ours leader");
+
+    let set = |args: &[&str]| {
+        let mut all = vec!["edit-config", "--force"];
+        all.extend_from_slice(args);
+        theirs(&m.ctl, &all, "").ok();
+    };
+    set(&["-p", "work_mem=7MB", "-p", "max_connections=60"]);
+    for i in 0..2 {
+        let (name, port) = (m.name(i), m.c.nodes[i].pg_port);
+        eventually(Duration::from_secs(60), &format!("{name} applies work_mem"), || {
+            (psql(port, "SHOW work_mem").ok()? == "7MB").then_some(())
+        });
+        eventually(Duration::from_secs(60), &format!("{name} pending restart"), || {
+            m.status(i)["pending_restart"].as_bool()?.then_some(())
+        });
+        let row = &m.list_rows()[&name];
+        assert!(
+            !matches!(&row["Pending restart"], serde_json::Value::Null)
+                && row["Pending restart"] != "",
+            "patronictl shows no pending restart for {name}: {row}"
+        );
+    }
+    m.check("after the dynamic config change");
 }

@@ -128,7 +128,9 @@ impl MixedCluster {
                 let role_ok = if is_leader {
                     r["Role"] == "Leader" && r["State"] == "running"
                 } else {
-                    r["Role"] == "Replica" && r["State"] == "streaming"
+                    let role = r["Role"].as_str().unwrap_or("");
+                    ["Replica", "Sync Standby", "Quorum Standby"].contains(&role)
+                        && r["State"] == "streaming"
                 };
                 role_ok && Some(&r["TL"]) == tl
             })
@@ -196,6 +198,28 @@ impl MixedCluster {
         eventually(LONG, &format!("{step}: {} to lead", self.name(to)), || {
             (self.c.primary() == Some(to)).then_some(())
         });
+    }
+
+    /// Upstream patronictl's `list -f json` rows, keyed by member name.
+    pub fn list_rows(&self) -> std::collections::BTreeMap<String, Value> {
+        let run = theirs(&self.ctl, &["list", "-f", "json"], "");
+        let rows = run.ok().json();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["Member"].as_str().unwrap_or("").to_string(), r.clone()))
+            .collect()
+    }
+
+    /// The value of `/service/<scope>/<key>` in etcd as JSON (Null when absent).
+    pub fn dcs_get(&self, key: &str) -> Value {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.c.etcd.endpoint(), "get", "--print-value-only"])
+            .arg(format!("/service/{}/{key}", self.c.scope))
+            .output()
+            .expect("etcdctl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
     /// What `/patroni` of node i says (for diagnostics in assertions).
