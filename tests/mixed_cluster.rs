@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 use support::cluster::psql;
-use support::eventually;
 use support::ctl::theirs;
+use support::eventually;
 use support::mixed::{Kind, MixedCluster};
 
 use Kind::{Ours, Upstream};
@@ -108,12 +108,23 @@ fn kill_leader(m: &mut MixedCluster, leader: usize, winner: usize, step: &str) {
     );
     let old = m.c.nodes[leader].pg_port;
     let diverged = -(leader as i64) - 1;
-    psql(old, &format!("INSERT INTO t VALUES ({diverged}); CHECKPOINT")).unwrap();
+    psql(
+        old,
+        &format!("INSERT INTO t VALUES ({diverged}); CHECKPOINT"),
+    )
+    .unwrap();
     m.c.kill_daemon(leader, true);
     m.start(leader);
     let p = m.check(&format!("{step}: {} rejoined", m.name(leader)));
-    assert_eq!(p, winner, "{step}: the rejoined node took the leadership back");
-    let rows = psql(old, &format!("SELECT count(*) FROM t WHERE id = {diverged}")).unwrap();
+    assert_eq!(
+        p, winner,
+        "{step}: the rejoined node took the leadership back"
+    );
+    let rows = psql(
+        old,
+        &format!("SELECT count(*) FROM t WHERE id = {diverged}"),
+    )
+    .unwrap();
     assert_eq!(rows, "0", "{step}: the diverged write survived the rejoin");
     let log = m.c.log_of(leader).to_lowercase();
     assert!(log.contains("rewind"), "{step}: no pg_rewind in the log");
@@ -142,13 +153,19 @@ fn sync_pair(m: &MixedCluster, leader: usize, standby: usize, step: &str) {
     });
     let port = m.c.nodes[leader].pg_port;
     eventually(long, &format!("{step}: {s} streams synchronously"), || {
-        let sql = format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{s}'");
+        let sql =
+            format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{s}'");
         (psql(port, &sql).ok()? == "sync").then_some(())
     });
-    eventually(long, &format!("{step}: patronictl shows {s} as Sync Standby"), || {
-        (m.list_rows()[&s]["Role"] == "Sync Standby").then_some(())
-    });
-    println!("{step}: sync standby {s} ({:?}) of {l} ({:?})", m.kinds[standby], m.kinds[leader]);
+    eventually(
+        long,
+        &format!("{step}: patronictl shows {s} as Sync Standby"),
+        || (m.list_rows()[&s]["Role"] == "Sync Standby").then_some(()),
+    );
+    println!(
+        "{step}: sync standby {s} ({:?}) of {l} ({:?})",
+        m.kinds[standby], m.kinds[leader]
+    );
 }
 
 /// Synchronous replication with the sync standby of the other kind, both ways round, and a
@@ -180,12 +197,16 @@ fn sync_standby_and_dynamic_config_across_kinds() {
     set(&["-p", "work_mem=7MB", "-p", "max_connections=60"]);
     for i in 0..2 {
         let (name, port) = (m.name(i), m.c.nodes[i].pg_port);
-        eventually(Duration::from_secs(60), &format!("{name} applies work_mem"), || {
-            (psql(port, "SHOW work_mem").ok()? == "7MB").then_some(())
-        });
-        eventually(Duration::from_secs(60), &format!("{name} pending restart"), || {
-            m.status(i)["pending_restart"].as_bool()?.then_some(())
-        });
+        eventually(
+            Duration::from_secs(60),
+            &format!("{name} applies work_mem"),
+            || (psql(port, "SHOW work_mem").ok()? == "7MB").then_some(()),
+        );
+        eventually(
+            Duration::from_secs(60),
+            &format!("{name} pending restart"),
+            || m.status(i)["pending_restart"].as_bool()?.then_some(()),
+        );
         let row = &m.list_rows()[&name];
         assert!(
             !matches!(&row["Pending restart"], serde_json::Value::Null)

@@ -69,7 +69,11 @@ impl MixedCluster {
             self.start(i);
         }
         let p = self.check("bootstrap");
-        psql(self.c.nodes[p].pg_port, "CREATE TABLE t (id int primary key)").unwrap();
+        psql(
+            self.c.nodes[p].pg_port,
+            "CREATE TABLE t (id int primary key)",
+        )
+        .unwrap();
     }
 
     /// Graceful stop (SIGTERM) of node i's daemon; waits for the daemon and its postgres.
@@ -106,7 +110,10 @@ impl MixedCluster {
             self.list_ok(&leader).then_some(())
         });
         self.check_writes(step);
-        println!("{step}: ok, leader {leader} ({:?}), {:?}", self.kinds[p], self.kinds);
+        println!(
+            "{step}: ok, leader {leader} ({:?}), {:?}",
+            self.kinds[p], self.kinds
+        );
         p
     }
 
@@ -121,7 +128,10 @@ impl MixedCluster {
         let Some(rows) = rows.as_array() else {
             return false;
         };
-        let tl = rows.iter().find(|r| r["Role"] == "Leader").map(|r| &r["TL"]);
+        let tl = rows
+            .iter()
+            .find(|r| r["Role"] == "Leader")
+            .map(|r| &r["TL"]);
         rows.len() == self.c.nodes.len()
             && rows.iter().all(|r| {
                 let is_leader = r["Member"] == leader;
@@ -215,7 +225,12 @@ impl MixedCluster {
     pub fn dcs_get(&self, key: &str) -> Value {
         let out = std::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.c.etcd.endpoint(), "get", "--print-value-only"])
+            .args([
+                "--endpoints",
+                &self.c.etcd.endpoint(),
+                "get",
+                "--print-value-only",
+            ])
             .arg(format!("/service/{}/{key}", self.c.scope))
             .output()
             .expect("etcdctl");
