@@ -131,11 +131,16 @@ pub fn upstream_cluster_edit(n: usize, edit: impl Fn(&mut serde_yaml_ng::Value))
         c.edit_config(i, &edit);
     }
     for i in 0..n {
-        let mut cmd = upstream_cmd("patroni");
-        cmd.arg(&c.nodes[i].config);
-        c.start_with(i, cmd, true);
+        start_upstream(&mut c, i);
     }
     c
+}
+
+/// Start node `i` of `c` as an upstream Patroni daemon (as the postgres user).
+pub fn start_upstream(c: &mut Cluster, i: usize) {
+    let mut cmd = upstream_cmd("patroni");
+    cmd.arg(&c.nodes[i].config);
+    c.start_with(i, cmd, true);
 }
 
 /// Wait until every node of `c` reports running (and replicas stream).

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod fault_cluster;
 pub mod fault_writers;
 pub mod kube;
+pub mod mixed;
 pub mod netns;
 pub mod postgres;
 pub mod zookeeper;
