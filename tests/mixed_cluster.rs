@@ -18,6 +18,7 @@ fn figure(what: &str, pause: Duration) {
 
 #[test]
 fn migration_walk_upstream_to_ours_and_back() {
+    let _s = support::serial();
     let mut m = MixedCluster::new(&[Upstream, Upstream, Upstream], |_, _| {});
     m.bootstrap();
 
@@ -132,6 +133,7 @@ fn kill_leader(m: &mut MixedCluster, leader: usize, winner: usize, step: &str) {
 
 #[test]
 fn kill_leader_race_across_kinds() {
+    let _s = support::serial();
     let mut m = MixedCluster::new(&[Upstream, Upstream, Ours], priorities);
     m.bootstrap();
     // 2 upstream + 1 ours: ours (priority 2) must win over upstream pg1 (priority 1).
@@ -173,6 +175,7 @@ fn sync_pair(m: &MixedCluster, leader: usize, standby: usize, step: &str) {
 /// upstream's patronictl and applied by both kinds.
 #[test]
 fn sync_standby_and_dynamic_config_across_kinds() {
+    let _s = support::serial();
     let mut m = MixedCluster::new(&[Upstream, Ours], |_, _| {});
     m.bootstrap();
     let set = |args: &[&str]| {

@@ -130,10 +130,10 @@ fn synchronous_mode_loses_no_acknowledged_write_across_faults() {
 fn asynchronous_mode_figure_for_comparison() {
     let _s = serial();
     let mut c = cluster_with(3, json!({}));
-    let (lost, acked) = fault_rounds(&mut c, 4, false);
+    let (lost, acked) = fault_rounds(&mut c, 2, false);
     // Upstream documents that asynchronous mode may lose acknowledged commits; report it.
-    eprintln!("FIGURE async_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds=4");
-    assert!(acked > 50, "the writer made progress: {acked}");
+    eprintln!("FIGURE async_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds=2");
+    assert!(acked > 30, "the writer made progress: {acked}");
 }
 
 #[test]
