@@ -480,6 +480,7 @@ impl Executor {
 
     /// Rebuild `history` from the timeline history file of the current timeline.
     async fn update_history(&self, current: Option<&History>, timeline: u32, me: &str) {
+        info!("recording timeline history up to timeline {timeline}");
         let lines = match read_timeline_history(&self.pg.settings().data_dir(), timeline) {
             Ok(l) => l,
             Err(e) => {

@@ -100,10 +100,11 @@ fn kill9_of_primary_fails_over_and_old_primary_rejoins() {
         || c.is_streaming(old).then_some(()),
     );
     wait_rows_on(&c, old, 3);
-    let hist = support::cluster::http_get_json(c.nodes[new].api_port, "/history")
-        .unwrap()
-        .1;
-    assert_eq!(hist.as_array().map(|h| h.len()), Some(1), "{hist}");
+    // The new leader records the timeline switch in `history` (its next cycle).
+    eventually(Duration::from_secs(10), "one history entry", || {
+        let h = support::cluster::http_get_json(c.nodes[new].api_port, "/history")?.1;
+        (h.as_array()?.len() == 1).then_some(())
+    });
 }
 
 #[test]
@@ -400,8 +401,8 @@ fn switchover_via_failover_key_loses_no_write_and_needs_no_rewind() {
         .unwrap()
         .1;
     assert!(cl.get("scheduled_switchover").is_none(), "{cl}");
-    let hist = support::cluster::http_get_json(c.nodes[cand].api_port, "/history")
-        .unwrap()
-        .1;
-    assert_eq!(hist.as_array().map(|h| h.len()), Some(1), "{hist}");
+    eventually(Duration::from_secs(10), "one history entry", || {
+        let h = support::cluster::http_get_json(c.nodes[cand].api_port, "/history")?.1;
+        (h.as_array()?.len() == 1).then_some(())
+    });
 }

@@ -115,13 +115,18 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     let won = Branch::new(won_msg, won_actions).with_role(won_role);
     let lost = Branch::new(format!("{me} lost the leader race"), vec![])
         .with_role(current_replica_role(sql));
-    decision(
+    let mut d = decision(
         obs,
         String::new(),
         vec![Action::AcquireLock { won, lost }],
         current_replica_role(sql),
         PgState::Running,
-    )
+    );
+    // A promotion is followed at once by the new leader's housekeeping (history, slots).
+    if sql.in_recovery {
+        d.recheck_ms = Some(200);
+    }
+    d
 }
 
 fn current_replica_role(sql: &crate::postgres::types::SqlObservation) -> Role {

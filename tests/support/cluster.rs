@@ -135,7 +135,10 @@ impl Cluster {
         node.log_n += 1;
         let log = self.dir.join(&format!("{}-{}.log", node.name, node.log_n));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_patroni"));
-        cmd.arg(&node.config).env("RUST_LOG", "info");
+        cmd.arg(&node.config).env(
+            "RUST_LOG",
+            std::env::var("PATRONI_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         // As root the daemon drops to the postgres user itself.
         node.daemon = Some(ChildGuard::spawn(&node.name, cmd, false, &log));
     }
