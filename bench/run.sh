@@ -5,7 +5,7 @@
 #   bench/run.sh                              # 3 runs, profile fast (ttl 20 / loop_wait 2 / retry_timeout 5)
 #   bench/run.sh --runs 5 --profiles fast,default
 #   bench/run.sh --profiles quick=6/1/2 --impls ours
-#   BENCH_LOCK=/work/wt/cluster.lock bench/run.sh   # hold a flock around each cluster
+#   BENCH_LOCK=/tmp/patroni-tests.lock bench/run.sh   # hold a flock around each cluster
 #
 # Any option is passed on to the harness (bench --help lists them). Run as root on Debian:
 # PostgreSQL and both daemons run as the `postgres` user.

@@ -1,6 +1,6 @@
 //! The 3-node failover scenario on the other stores: etcd through its v2 API and a real
 //! ZooKeeper, with our `patroni` daemon, PostgreSQL 15 and HAProxy. Run under the
-//! machine-wide cluster lock (`flock /work/wt/cluster.lock cargo test --test dcs_failover`).
+//! machine-wide cluster lock (`PATRONI_TEST_LOCK=/tmp/patroni-tests.lock cargo test --test dcs_failover`).
 mod support;
 
 use std::time::{Duration, Instant};

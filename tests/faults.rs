@@ -7,23 +7,18 @@
 //! a cut-off primary stops before its lease can expire, no acknowledged write lost in
 //! synchronous mode, replicas converge.
 //!
-//! Run: `flock /work/wt/cluster.lock cargo test --test faults -- --nocapture`
+//! Run: `PATRONI_TEST_LOCK=/tmp/patroni-tests.lock cargo test --test faults -- --nocapture`
 //! (`FAULTS_ROUNDS=N` random rounds, default 2; `FAULTS_SEED`; `FAULTS_MODE=proxy`).
 mod support;
 
 use nix::sys::signal::Signal;
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::eventually;
 use support::fault_cluster::{FaultCluster, LOOP_WAIT, TTL};
 use support::fault_writers::{Ack, Writers, last_ack, lost, max_overlap};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 const TTL_D: Duration = Duration::from_secs(TTL);
 

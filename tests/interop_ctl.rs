@@ -6,7 +6,6 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::cluster::{Cluster, FAST, http_get_json, psql};
 use support::ctl::{Run, ours, theirs, write_ctl_config};
@@ -18,11 +17,7 @@ const AUTH: &str = "ctl:\n  authentication:\n    username: admin\n    password: 
 
 type Ctl = fn(&Path, &[&str], &str) -> Run;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 fn healthy_cluster() -> Cluster {
     let mut c = Cluster::new(3, &FAST);

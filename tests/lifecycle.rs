@@ -1,19 +1,14 @@
 //! Cluster lifecycle on real etcd + PostgreSQL 15: callback scripts, member tags
 //! (replicatefrom, noloadbalance), the pre_promote fencing script, and pause/resume with a
-//! dead primary. Run under `flock /work/wt/cluster.lock`.
+//! dead primary. Set `PATRONI_TEST_LOCK=/tmp/patroni-tests.lock` to share the machine with other runs.
 mod support;
 
 use serde_json::{Value, json};
-use std::sync::Mutex;
 use std::time::Duration;
 use support::cluster::{Cluster, FAST, http, http_status, psql};
 use support::eventually;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 fn yaml(v: Value) -> serde_yaml_ng::Value {
     serde_yaml_ng::to_value(v).unwrap()

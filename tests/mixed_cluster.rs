@@ -1,7 +1,7 @@
 //! Mixed clusters of upstream Patroni 4.1 nodes and ours (same scope, same etcd v3):
 //! the node-by-node migration from 3 upstream nodes to 3 of ours and back with a writer
 //! counting acknowledged writes, and kill -9 leader races across kinds.
-//! Run under the machine's cluster lock: `flock /work/wt/cluster.lock cargo test --test mixed_cluster`.
+//! Run under the machine's cluster lock: `PATRONI_TEST_LOCK=/tmp/patroni-tests.lock cargo test --test mixed_cluster`.
 mod support;
 
 use std::time::Duration;

@@ -1,19 +1,14 @@
 //! Safety nets on real etcd + PostgreSQL 15: failsafe mode, the watchdog device (a test
 //! double: a regular file we read back; softdog is not loaded on this shared machine because
 //! a missed keepalive would reboot it), and the self-fencing process of a frozen daemon.
-//! Run under the shared lock: `flock /work/wt/cluster.lock cargo test --test safety`.
+//! Run under the shared lock: `PATRONI_TEST_LOCK=/tmp/patroni-tests.lock cargo test --test safety`.
 mod support;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::cluster::{Cluster, FAST, http, psql, psql_within};
 use support::eventually;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 fn healthy(n: usize) -> Cluster {
     let mut c = Cluster::new(n, &FAST);

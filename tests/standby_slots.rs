@@ -9,16 +9,11 @@ mod support;
 
 use serde_json::json;
 use serde_yaml_ng::Value as Yaml;
-use std::sync::Mutex;
 use std::time::Duration;
 use support::cluster::{Cluster, FAST, http, http_status, psql};
 use support::eventually;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use support::serial;
 
 const LONG: Duration = Duration::from_secs(120);
 
