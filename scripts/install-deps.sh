@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 command -v etcd >/dev/null || need+=(etcd-server)
+# Tests call etcdctl (etcd-client) to inspect and damage keys.
+command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v haproxy >/dev/null || need+=(haproxy)
 # ZooKeeper for the zookeeper/exhibitor backend tests (run standalone from the jar; the
 # package pulls in a JRE; zookeeperd, which would start a system service, is not needed).
