@@ -98,7 +98,23 @@ pub fn render_ssn(names: &[String], cfg: &SyncConfig) -> String {
     }
 }
 
+/// One standby that may become synchronous, with what ranks it.
+struct Candidate {
+    priority: i64,
+    /// Already synchronous (PostgreSQL waits for it, or our `sync` key names it).
+    current: bool,
+    nofailover: bool,
+    flush: u64,
+    name: String,
+}
+
 /// Standbys that may become synchronous, best first, at most `limit`.
+///
+/// Upstream's preference: the current synchronous standby is kept unless it disconnects,
+/// lags beyond `maximum_lag_on_syncnode` or opts out (nosync, sync_priority 0). Switching
+/// without need is not free: every switch narrows the `sync` key for a cycle, and a fault
+/// in that window leaves no member that may be promoted. After `sync_priority`, members
+/// that may fail over come before `nofailover` ones, then the most WAL received.
 pub fn pick(
     obs: &Observation,
     cluster: &Cluster,
@@ -106,7 +122,8 @@ pub fn pick(
     limit: usize,
 ) -> Vec<String> {
     let cfg = &obs.config.sync;
-    let mut cands: Vec<(i64, u64, String)> = sql
+    let key = key_view(cluster, &obs.config.name);
+    let mut cands: Vec<Candidate> = sql
         .replication
         .iter()
         .filter(|r| r.state == "streaming")
@@ -123,20 +140,35 @@ pub fn pick(
             if cfg.maximum_lag_on_syncnode >= 0 && lag > cfg.maximum_lag_on_syncnode as u64 {
                 return None;
             }
-            let prio = m
+            let priority = m
                 .data
                 .tags
                 .get("sync_priority")
                 .and_then(|p| p.as_i64())
                 .unwrap_or(1);
-            if prio <= 0 {
+            if priority <= 0 {
                 return None;
             }
-            Some((prio, flush, m.name.clone()))
+            let current = matches!(r.sync_state.as_str(), "sync" | "quorum")
+                || key.members.contains(&m.name.to_ascii_lowercase());
+            Some(Candidate {
+                priority,
+                current,
+                nofailover: m.data.nofailover(),
+                flush,
+                name: m.name.clone(),
+            })
         })
         .collect();
-    cands.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-    cands.into_iter().take(limit).map(|c| c.2).collect()
+    cands.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(b.current.cmp(&a.current))
+            .then(a.nofailover.cmp(&b.nofailover))
+            .then(b.flush.cmp(&a.flush))
+            .then(a.name.cmp(&b.name))
+    });
+    cands.into_iter().take(limit).map(|c| c.name).collect()
 }
 
 /// The `sync` key as this leader sees it: (members, quorum), empty unless it is ours.
@@ -324,7 +356,11 @@ pub fn may_promote(obs: &Observation, cluster: &Cluster) -> Result<(), String> {
     };
     let me = obs.config.name.to_ascii_lowercase();
     let members = lower(&sync.members());
-    if !members.contains(&me) {
+    // As upstream (`sync.matches(name, check_leader=True)`): the leader the key names may
+    // race too. It had every acknowledged commit when it led; without this, a new leader
+    // whose promotion failed right after it claimed the key (with no standby yet) would
+    // leave no member allowed to take over.
+    if !members.contains(&me) && !is_key_leader(cluster, &me) {
         return Err("I am not a synchronous standby".into());
     }
     if obs.config.sync.mode != SyncMode::Quorum {
@@ -345,6 +381,15 @@ pub fn may_promote(obs: &Observation, cluster: &Cluster) -> Result<(), String> {
             "only {seen} of the {need} other quorum members answered; cannot prove I have every commit"
         ))
     }
+}
+
+/// Whether the `sync` key was written by `name` as leader.
+pub fn is_key_leader(cluster: &Cluster, name: &str) -> bool {
+    cluster
+        .sync
+        .as_ref()
+        .and_then(|s| s.leader.as_deref())
+        .is_some_and(|l| l.eq_ignore_ascii_case(name))
 }
 
 /// Whether `name` is listed as synchronous (for switchover candidates).

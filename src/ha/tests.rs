@@ -932,6 +932,63 @@ fn only_a_synchronous_standby_may_take_over() {
 }
 
 #[test]
+fn a_healthy_sync_standby_is_kept_when_another_catches_up() {
+    // pg2 is the sync standby; pg1 (smaller name) has caught up to the same position, or
+    // is even ahead. Switching would narrow the key to nobody for a cycle: keep pg2.
+    for (case, pg1_flush) in [("same position", 1_000), ("pg1 ahead", 1_200)] {
+        let mut c = cluster(Some("pg0"));
+        c.sync = sync_key("pg0", Some("pg2"));
+        let repl = vec![
+            standby("pg1", "potential", pg1_flush),
+            standby("pg2", "sync", 1_000),
+        ];
+        let o = leader_with(c, "1 (\"pg2\")", repl);
+        let d = run(&o);
+        assert!(held(&d).is_empty(), "{case}: {d:#?}");
+    }
+}
+
+#[test]
+fn a_sync_standby_that_disconnects_is_replaced_and_nofailover_comes_last() {
+    // pg2 (the sync standby) is gone; pg1 is tagged nofailover, pg3 is not: pg3 is picked
+    // even though pg1 received more WAL.
+    let mut c = cluster(Some("pg0"));
+    c.members.push(member("pg3", 5435));
+    c.members[1]
+        .data
+        .tags
+        .insert("nofailover".into(), true.into());
+    c.sync = sync_key("pg0", None);
+    let repl = vec![standby("pg1", "async", 1_000), standby("pg3", "async", 900)];
+    let o = leader_with(c, "", repl);
+    assert_eq!(
+        held(&run(&o)),
+        vec![Action::SetSyncStandbyNames(Some("1 (\"pg3\")".into()))]
+    );
+}
+
+#[test]
+fn sync_mode_race_counts_the_key_leader_as_synchronous() {
+    // pg1 claimed the key (no standby yet) and its promotion failed; the leader key is
+    // gone. pg1 may race again; pg2, not listed, may not.
+    let mut c = cluster(None);
+    c.sync = sync_key("pg1", None);
+    let mut o = obs(c.clone(), replica_pg(1_000, Some(5432)));
+    sync_on(&mut o, false);
+    o.config.name = "pg1".into();
+    o.peers = vec![peer("pg2", 1_000, false)];
+    assert!(
+        matches!(only(&run(&o)), Action::AcquireLock { .. }),
+        "the key's leader may take over"
+    );
+    let mut o = obs(c, replica_pg(1_000, Some(5432)));
+    sync_on(&mut o, false);
+    o.config.name = "pg2".into();
+    o.peers = vec![peer("pg1", 1_000, false)];
+    assert!(run(&o).actions.is_empty(), "pg2 is not synchronous");
+}
+
+#[test]
 fn switchover_to_an_async_standby_is_refused_in_sync_mode() {
     let mut c = with_failover(cluster(Some("pg0")), Some("pg0"), Some("pg1"), None);
     c.sync = sync_key("pg0", Some("pg2"));
