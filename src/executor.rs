@@ -27,6 +27,10 @@ pub struct Outcome {
     pub dcs_error: Option<String>,
     /// A step failed in a way that makes the remaining actions wrong (pre_promote refused).
     pub aborted: bool,
+    /// Boot-clock ms taken just before the last leader-key write that succeeded this
+    /// cycle: the lease runs from no earlier than this, so the fencing deadline counts
+    /// from here, not from the start of the cycle.
+    pub lease_written_boot_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -109,6 +113,7 @@ impl Executor {
             status_slots: d.status_slots.clone(),
             dcs_error: None,
             aborted: false,
+            lease_written_boot_ms: None,
         };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
@@ -143,11 +148,15 @@ impl Executor {
     async fn run_one(&self, a: &Action, obs: &Observation, out: &mut Outcome) -> Option<Branch> {
         match a {
             Action::AcquireLock { won, lost } => {
+                let t = crate::fence::boottime_ms();
                 let ok = log_dcs(
                     "acquire leader lock",
                     self.dcs.attempt_to_acquire_leader().await,
                 );
                 out.has_lock = ok;
+                if ok {
+                    out.lease_written_boot_ms = Some(t);
+                }
                 Some(if ok { won.clone() } else { lost.clone() })
             }
             Action::UpdateLock { held, lost } => {
@@ -163,6 +172,7 @@ impl Executor {
                     }),
                     _ => None,
                 };
+                let t = crate::fence::boottime_ms();
                 let r = self.dcs.update_leader(status.as_ref()).await;
                 if let Err(e) = &r
                     && obs.config.failsafe_mode
@@ -176,6 +186,9 @@ impl Executor {
                 }
                 let ok = log_dcs("update leader lock", r);
                 out.has_lock = ok;
+                if ok {
+                    out.lease_written_boot_ms = Some(t);
+                }
                 Some(if ok { held.clone() } else { lost.clone() })
             }
             Action::ReleaseLock => {
@@ -263,7 +276,7 @@ impl Executor {
                     );
                     return None;
                 }
-                match self.pg.promote(self.stop_timeout()).await {
+                match self.promote_keeping_the_lease(obs, out).await {
                     // As upstream: checkpoint right after promotion so a former primary can
                     // pg_rewind from us at once (pg_rewind needs the new timeline in pg_control).
                     // In the background: clients may write while it runs.
@@ -412,6 +425,33 @@ impl Executor {
 
     /// Fast shutdown, then release the leader key with the shutdown checkpoint as the last
     /// optime so the candidate knows how far it must have received before promoting.
+    /// `pg_ctl promote`, refreshing the leader key every loop_wait while it runs. A slow
+    /// promotion (seconds on a loaded machine) must not let the lease we just took lapse:
+    /// the fencer would then rightly stop the new primary. Upstream's loop keeps running
+    /// while its promotion runs in the background, with the same effect.
+    async fn promote_keeping_the_lease(
+        &self,
+        obs: &Observation,
+        out: &mut Outcome,
+    ) -> Result<(), crate::postgres::PgError> {
+        let promote = self.pg.promote(self.stop_timeout());
+        tokio::pin!(promote);
+        let every = Duration::from_secs(obs.config.loop_wait.max(1));
+        loop {
+            tokio::select! {
+                r = &mut promote => return r,
+                _ = tokio::time::sleep(every) => {
+                    let t = crate::fence::boottime_ms();
+                    match self.dcs.update_leader(None).await {
+                        Ok(true) => out.lease_written_boot_ms = Some(t),
+                        Ok(false) => warn!("lost the leader key while promoting"),
+                        Err(e) => warn!("could not refresh the leader key while promoting: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
     async fn graceful_demote(&self) {
         if let Err(e) = self
             .pg

@@ -45,6 +45,8 @@ pub struct Runtime {
     watchdog: crate::watchdog::Watchdog,
     /// Watchdog mode is required and the device failed: published, and we do not lead.
     watchdog_failed: bool,
+    /// Boot-clock ms before the last leader-key write that succeeded (fencing deadline).
+    lease_written_boot_ms: u64,
 }
 
 impl Runtime {
@@ -82,6 +84,7 @@ impl Runtime {
             fence: None,
             watchdog,
             watchdog_failed: false,
+            lease_written_boot_ms: 0,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -263,7 +266,18 @@ impl Runtime {
             outcome.has_lock = self.memory.has_lock;
         }
         self.memory.last_role = outcome.role;
-        self.after_cycle_safety(&obs, outcome.role, cycle_boot_ms);
+        if let Some(t) = outcome.lease_written_boot_ms {
+            self.lease_written_boot_ms = t;
+        }
+        // The fencing deadline runs from the last lease write that succeeded; in a DCS
+        // outage the core only keeps leading after a failsafe round every member accepted
+        // this cycle, which is then the proof.
+        let fence_from = match &obs.dcs {
+            DcsView::Ok(_) if self.lease_written_boot_ms > 0 => self.lease_written_boot_ms,
+            DcsView::Ok(_) => cycle_boot_ms,
+            DcsView::Unreachable(_) => cycle_boot_ms,
+        };
+        self.after_cycle_safety(&obs, outcome.role, fence_from);
         if decision.touch_member {
             self.touch_member(&obs, outcome.role, &decision.state).await;
         }

@@ -81,7 +81,7 @@ impl Runtime {
     /// After a cycle: a leading primary arms the fencer and feeds the watchdog; anything
     /// else disarms them (a primary still running without the lock keeps the last deadline,
     /// so a stuck demotion is still fenced).
-    pub(crate) fn after_cycle_safety(&mut self, obs: &Observation, role: Role, cycle_boot_ms: u64) {
+    pub(crate) fn after_cycle_safety(&mut self, obs: &Observation, role: Role, lease_boot_ms: u64) {
         let paused = obs.config.paused;
         let leading = !paused && self.memory.has_lock && role == Role::Primary;
         let pg_primary = obs.pg.sql.as_ref().is_some_and(|s| !s.in_recovery);
@@ -89,7 +89,7 @@ impl Runtime {
         if leading && pg_primary {
             let margin = self.watchdog.config.margin_secs(ttl);
             if let Some(f) = self.fence.as_mut() {
-                f.arm(cycle_boot_ms + (ttl - margin) * 1000);
+                f.arm(lease_boot_ms + (ttl - margin) * 1000);
             }
             match self.watchdog.keepalive(ttl) {
                 Ok(()) => self.watchdog_failed = false,
