@@ -116,15 +116,27 @@ fn fault_rounds(c: &mut Cluster, rounds: usize, wait_sync: bool) -> (usize, usiz
     (lost, acks.len())
 }
 
+/// Fault rounds per synchronous-mode scenario: 10 by default (the bar);
+/// `SYNC_FAULT_ROUNDS` lowers it where time is short (CI).
+fn sync_rounds() -> usize {
+    std::env::var("SYNC_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .max(1)
+}
+
 #[test]
-#[ignore = "REGRESSION since the slots/failsafe/lifecycle merges: after a fault no sync standby takes over (seen once at session end); passed 10/10 rounds before them; investigate before re-enabling"]
 fn synchronous_mode_loses_no_acknowledged_write_across_faults() {
     let _s = serial();
     let mut c = cluster_with(3, json!({"synchronous_mode": true}));
-    let (lost, acked) = fault_rounds(&mut c, 10, true);
-    eprintln!("FIGURE sync_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds=10");
+    let rounds = sync_rounds();
+    let (lost, acked) = fault_rounds(&mut c, rounds, true);
+    eprintln!(
+        "FIGURE sync_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds={rounds}"
+    );
     assert_eq!(lost, 0, "synchronous mode lost acknowledged writes");
-    assert!(acked > 100, "the writer made progress: {acked}");
+    assert!(acked > 20 * rounds, "the writer made progress: {acked}");
 }
 
 #[test]
@@ -184,8 +196,65 @@ fn quorum_mode_loses_no_acknowledged_write_across_faults() {
         3,
         json!({"synchronous_mode": "quorum", "synchronous_node_count": 1}),
     );
-    let (lost, acked) = fault_rounds(&mut c, 6, true);
-    eprintln!("FIGURE quorum_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds=6");
+    let rounds = sync_rounds();
+    let (lost, acked) = fault_rounds(&mut c, rounds, true);
+    eprintln!(
+        "FIGURE quorum_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds={rounds}"
+    );
     assert_eq!(lost, 0, "quorum mode lost acknowledged writes");
-    assert!(acked > 100, "the writer made progress: {acked}");
+    assert!(acked > 20 * rounds, "the writer made progress: {acked}");
+}
+
+/// The synchronous state as HAProxy and operators see it: health endpoints per role, a
+/// switchover to an asynchronous standby refused, and PATCH /config changing the node count
+/// and turning the mode off without a restart.
+#[test]
+fn sync_state_drives_health_checks_switchover_and_follows_dynamic_config() {
+    let _s = serial();
+    let c = cluster_with(3, json!({"synchronous_mode": true}));
+    let api = |i: usize| c.nodes[i].api_port;
+    let (p, s, a) = eventually(Duration::from_secs(60), "one sync, one async standby", || {
+        let p = c.primary()?;
+        let sync: Vec<usize> = (0..3)
+            .filter(|&i| i != p)
+            .filter(|&i| c.patroni(i).is_some_and(|v| v["sync_standby"] == true))
+            .collect();
+        (sync.len() == 1).then(|| (p, sync[0], 3 - p - sync[0]))
+    });
+    let status = |i: usize, path: &str| support::cluster::http_status(api(i), path);
+    assert_eq!(status(s, "/synchronous"), Some(200));
+    assert_eq!(status(s, "/read-only-sync"), Some(200));
+    assert_eq!(status(s, "/asynchronous"), Some(503));
+    assert_eq!(status(a, "/asynchronous"), Some(200));
+    assert_eq!(status(a, "/synchronous"), Some(503));
+    assert_eq!(status(a, "/read-only-sync"), Some(503));
+
+    let switchover = |to: usize| {
+        let body = json!({"leader": c.nodes[p].name, "candidate": c.nodes[to].name});
+        support::cluster::http("POST", api(p), "/switchover", Some(&body))
+    };
+    let (code, body) = switchover(a);
+    assert_eq!(code, 412, "switchover to an async standby: {body}");
+    assert_eq!(c.primary(), Some(p));
+
+    let patch = |v: Value| {
+        let (code, body) = support::cluster::http("PATCH", api(p), "/config", Some(&v));
+        assert_eq!(code, 200, "PATCH /config {v}: {body}");
+    };
+    patch(json!({"synchronous_node_count": 2}));
+    eventually(Duration::from_secs(60), "two synchronous standbys", || {
+        let ssn = psql(c.nodes[p].pg_port, "SHOW synchronous_standby_names").ok()?;
+        (ssn.starts_with("2 (") && sync_standbys(&c) == 2).then_some(())
+    });
+
+    patch(json!({"synchronous_mode": false, "synchronous_node_count": 1}));
+    eventually(Duration::from_secs(60), "asynchronous again", || {
+        let ssn = psql(c.nodes[p].pg_port, "SHOW synchronous_standby_names").ok()?;
+        (ssn.is_empty() && sync_standbys(&c) == 0).then_some(())
+    });
+    let (code, body) = switchover(a);
+    assert_eq!(code, 200, "switchover once asynchronous: {body}");
+    eventually(Duration::from_secs(60), "the former async standby leads", || {
+        (c.primary() == Some(a)).then_some(())
+    });
 }
