@@ -119,6 +119,54 @@ async fn patch_without_stored_config_is_503() {
     assert!(env.raw("config").is_none());
 }
 
+/// ttl 6 is below upstream's floor: refused unless the same configuration carries
+/// `allow_short_ttl: true` (then accepted, down to the short floors and no further).
+#[tokio::test]
+async fn patch_short_ttl_needs_allow_short_ttl() {
+    use patroni::config::{ALLOW_SHORT_TTL, SHORT_FLOORS, UPSTREAM_FLOORS};
+    let env = Env::new();
+    let app = env.app();
+    let before = env.raw("config").unwrap();
+    let short = format!(
+        r#"{{"ttl":{},"loop_wait":{},"retry_timeout":{}}}"#,
+        SHORT_FLOORS.ttl, SHORT_FLOORS.loop_wait, SHORT_FLOORS.retry_timeout
+    );
+    let r = call(Method::PATCH, "/config").body(&short).send(&app).await;
+    r.expect(
+        400,
+        &format!("ttl: must be at least {} seconds", UPSTREAM_FLOORS.ttl),
+    );
+    assert!(r.text().contains(ALLOW_SHORT_TTL), "{}", r.text());
+    assert_eq!(env.raw("config").unwrap(), before, "nothing stored");
+
+    let allowed = format!(
+        r#"{{"ttl":{},"loop_wait":{},"retry_timeout":{},"{ALLOW_SHORT_TTL}":true}}"#,
+        SHORT_FLOORS.ttl, SHORT_FLOORS.loop_wait, SHORT_FLOORS.retry_timeout
+    );
+    let r = call(Method::PATCH, "/config")
+        .body(&allowed)
+        .send(&app)
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let stored: Value = serde_json::from_str(&env.raw("config").unwrap()).unwrap();
+    assert_eq!(stored["ttl"], json!(SHORT_FLOORS.ttl));
+    assert_eq!(stored[ALLOW_SHORT_TTL], json!(true));
+
+    // Below the short floors, or dropping the key while ttl is short: refused.
+    for body in [
+        format!(r#"{{"ttl":{}}}"#, SHORT_FLOORS.ttl - 1),
+        format!(r#"{{"{ALLOW_SHORT_TTL}":null}}"#),
+    ] {
+        call(Method::PATCH, "/config")
+            .body(&body)
+            .send(&app)
+            .await
+            .expect(400, "ttl");
+    }
+    let after: Value = serde_json::from_str(&env.raw("config").unwrap()).unwrap();
+    assert_eq!(after, stored);
+}
+
 #[tokio::test]
 async fn put_replaces_and_validates() {
     let env = Env::new();

@@ -8,6 +8,33 @@ use support::eventually;
 
 use support::serial;
 
+/// The harness writes `allow_short_ttl: true` exactly when a timing is below upstream's
+/// floors, and the daemon's own validation accepts the generated file as it is.
+#[test]
+fn harness_yaml_adds_allow_short_ttl_only_below_upstream_floors() {
+    use support::cluster::{QUICK, Timing, node_yaml};
+    let dir = support::TestDir::new("timing-yaml");
+    let below_rt = Timing {
+        ttl: 20,
+        loop_wait: 1,
+        retry_timeout: 2,
+    };
+    for (t, short) in [(&FAST, false), (&QUICK, true), (&below_rt, true)] {
+        let dcs = "etcd3:\n  hosts: 127.0.0.1:2379\n";
+        let yml = node_yaml("pg0", "s", 5432, 8008, dcs, &dir.join("d"), &dir, t);
+        assert_eq!(yml.contains("allow_short_ttl: true"), short, "{yml}");
+        let cfg = patroni::config::load_str(&yml).expect("loads");
+        let issues = patroni::config::validate(&cfg);
+        assert!(
+            issues.is_empty(),
+            "{}/{}/{}: {issues:?}",
+            t.ttl,
+            t.loop_wait,
+            t.retry_timeout
+        );
+    }
+}
+
 /// Bring up 3 nodes + HAProxy and wait for one primary and two streaming replicas.
 fn healthy_cluster() -> Cluster {
     let mut c = Cluster::new(3, &FAST);

@@ -3,6 +3,7 @@
 
 use super::Config;
 use super::dynamic_check::validate_dynamic_map;
+use super::timing::{TimingFloors, rule_violation};
 use super::validate::ConfigIssue;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -34,6 +35,9 @@ pub struct DynamicConfig {
     pub pause: bool,
     #[serde(default)]
     pub check_timeline: bool,
+    /// Ours only (upstream ignores it): accept the fast-failover floors, see `timing`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_short_ttl: bool,
     #[serde(default = "d_member_slots_ttl")]
     pub member_slots_ttl: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +103,9 @@ fn d_one() -> u64 {
 fn d_true() -> bool {
     true
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 fn d_member_slots_ttl() -> Value {
     Value::from("30min")
 }
@@ -114,11 +121,6 @@ impl DynamicConfig {
         }
     }
 }
-
-/// Upstream's minimums for the timing settings.
-pub const MIN_TTL: u64 = 20;
-pub const MIN_LOOP_WAIT: u64 = 1;
-pub const MIN_RETRY_TIMEOUT: u64 = 3;
 
 /// Keys holding an integer (seconds or bytes) at the top of the dynamic configuration.
 const INT_KEYS: &[&str] = &[
@@ -138,6 +140,7 @@ const BOOL_KEYS: &[&str] = &[
     "failsafe_mode",
     "pause",
     "check_timeline",
+    super::timing::ALLOW_SHORT_TTL,
 ];
 /// Keys upstream reads from the dynamic configuration that our struct keeps in `extra`.
 const OTHER_KNOWN_KEYS: &[&str] = &[
@@ -238,15 +241,26 @@ impl DynamicConfig {
         validate_dynamic_map(map, "")
     }
 
-    /// Applies upstream's minimums (ttl >= 20, loop_wait >= 1, retry_timeout >= 3) and the rule
-    /// `loop_wait + 2*retry_timeout <= ttl`, reducing loop_wait first and retry_timeout only
-    /// when loop_wait is already 1. Returns what was changed, for a warning.
+    /// The timing floors in force: upstream's, or the short ones with `allow_short_ttl`.
+    pub fn floors(&self) -> TimingFloors {
+        TimingFloors::select(self.allow_short_ttl)
+    }
+
+    /// Applies the floors (upstream's: ttl >= 20, loop_wait >= 1, retry_timeout >= 3, unless
+    /// `allow_short_ttl`) and the rule `loop_wait + 2*retry_timeout <= ttl`, reducing
+    /// loop_wait first and retry_timeout only when loop_wait is already at its floor, as
+    /// upstream does. Returns what was changed, for a warning.
     pub fn enforce_timing(&mut self) -> Option<String> {
+        let floors = self.floors();
         let mut notes = Vec::new();
         for (name, value, min) in [
-            ("loop_wait", &mut self.loop_wait, MIN_LOOP_WAIT),
-            ("retry_timeout", &mut self.retry_timeout, MIN_RETRY_TIMEOUT),
-            ("ttl", &mut self.ttl, MIN_TTL),
+            ("loop_wait", &mut self.loop_wait, floors.loop_wait),
+            (
+                "retry_timeout",
+                &mut self.retry_timeout,
+                floors.retry_timeout,
+            ),
+            ("ttl", &mut self.ttl, floors.ttl),
         ] {
             if *value < min {
                 notes.push(format!(
@@ -256,23 +270,18 @@ impl DynamicConfig {
             }
         }
         let (ttl, loop_wait, retry) = (self.ttl, self.loop_wait, self.retry_timeout);
-        if MIN_LOOP_WAIT + 2 * retry > ttl {
-            self.loop_wait = MIN_LOOP_WAIT;
-            self.retry_timeout = (ttl - MIN_LOOP_WAIT) / 2;
-            notes.push(format!(
-                "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout ({}); using loop_wait={} \
-                 and retry_timeout={}",
-                loop_wait + 2 * retry,
-                self.loop_wait,
-                self.retry_timeout
-            ));
-        } else if loop_wait + 2 * retry > ttl {
-            self.loop_wait = ttl - 2 * retry;
-            notes.push(format!(
-                "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout ({}); using loop_wait={}",
-                loop_wait + 2 * retry,
-                self.loop_wait
-            ));
+        if let Some(problem) = rule_violation(ttl, loop_wait, retry) {
+            if rule_violation(ttl, floors.loop_wait, retry).is_some() {
+                self.loop_wait = floors.loop_wait;
+                self.retry_timeout = (ttl - floors.loop_wait) / 2;
+                notes.push(format!(
+                    "{problem}; using loop_wait={} and retry_timeout={}",
+                    self.loop_wait, self.retry_timeout
+                ));
+            } else {
+                self.loop_wait = ttl - 2 * retry;
+                notes.push(format!("{problem}; using loop_wait={}", self.loop_wait));
+            }
         }
         (!notes.is_empty()).then(|| notes.join("; "))
     }

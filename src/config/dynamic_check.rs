@@ -1,8 +1,8 @@
 //! Strict validation of a dynamic configuration map (the DCS `config` key, PATCH /config,
 //! `bootstrap.dcs`): every problem at once, each with its path.
 
-use super::dynamic::{MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL};
 use super::pg_params::{check_controlled, controlled, parse_bool, parse_int};
+use super::timing::{ALLOW_SHORT_TTL, TimingFloors, floor_message, rule_violation};
 use super::validate::{ConfigIssue, describe_value, join_path};
 use serde_json::{Map, Value};
 
@@ -17,15 +17,7 @@ pub fn validate_dynamic_map(map: &Map<String, Value>, prefix: &str) -> Vec<Confi
     let map = &owned;
     let mut out = Vec::new();
     let at = |k: &str| join_path(prefix, k);
-    let timing = [
-        ("ttl", MIN_TTL),
-        ("loop_wait", MIN_LOOP_WAIT),
-        ("retry_timeout", MIN_RETRY_TIMEOUT),
-    ];
-    for (key, min) in timing {
-        check_seconds(map, key, min as i64, &at(key), &mut out);
-    }
-    timing_rule(map, prefix, &mut out);
+    check_timing(map, prefix, &mut out);
     for key in [
         "primary_start_timeout",
         "master_start_timeout",
@@ -128,11 +120,36 @@ fn check_bool(v: Option<&Value>, path: &str, out: &mut Vec<ConfigIssue>) {
     }
 }
 
-/// `loop_wait + 2*retry_timeout <= ttl`, checked with defaults for missing values.
-fn timing_rule(map: &Map<String, Value>, prefix: &str, out: &mut Vec<ConfigIssue>) {
-    let get = |k: &str, d: i64| match map.get(k) {
+/// ttl, loop_wait and retry_timeout against the floors in force (upstream's, or the short
+/// ones when the same map says `allow_short_ttl: true`), then the rule
+/// `loop_wait + 2*retry_timeout <= ttl` with defaults for missing values.
+fn check_timing(map: &Map<String, Value>, prefix: &str, out: &mut Vec<ConfigIssue>) {
+    check_bool(
+        map.get(ALLOW_SHORT_TTL),
+        &join_path(prefix, ALLOW_SHORT_TTL),
+        out,
+    );
+    let short = map
+        .get(ALLOW_SHORT_TTL)
+        .and_then(parse_bool)
+        .unwrap_or(false);
+    let floors = TimingFloors::select(short);
+    for (key, floor) in floors.named() {
+        let Some(v) = map.get(key) else { continue };
+        match parse_int(v) {
+            Some(n) if n < floor as i64 => issue(
+                out,
+                &join_path(prefix, key),
+                floor_message(key, n, floor, short),
+            ),
+            _ => {
+                check_seconds(map, key, 0, &join_path(prefix, key), out);
+            }
+        }
+    }
+    let get = |k: &str, d: u64| match map.get(k) {
         None => Some(d),
-        Some(v) => parse_int(v),
+        Some(v) => parse_int(v).and_then(|n| u64::try_from(n).ok()),
     };
     let (Some(ttl), Some(lw), Some(rt)) = (
         get("ttl", 30),
@@ -141,15 +158,11 @@ fn timing_rule(map: &Map<String, Value>, prefix: &str, out: &mut Vec<ConfigIssue
     ) else {
         return;
     };
-    if lw + 2 * rt > ttl {
+    if let Some(problem) = rule_violation(ttl, lw, rt) {
         issue(
             out,
             &join_path(prefix, "ttl"),
-            format!(
-                "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout ({}); Patroni would \
-                 lower loop_wait/retry_timeout to fit",
-                lw + 2 * rt
-            ),
+            format!("{problem}; Patroni would lower loop_wait/retry_timeout to fit"),
         );
     }
 }

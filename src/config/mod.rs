@@ -10,6 +10,7 @@ pub mod env;
 pub mod load;
 pub mod pg_params;
 mod schema;
+pub mod timing;
 pub mod validate;
 pub mod zk;
 
@@ -18,6 +19,7 @@ pub use dynamic::{DynamicConfig, deep_merge_patch, merge_local};
 pub use env::apply_env;
 pub use load::{ConfigError, Loaded, load, load_file, load_str};
 pub use pg_params::{CMDLINE_PARAMS, effective_pg_parameters};
+pub use timing::{ALLOW_SHORT_TTL, SHORT_FLOORS, TimingFloors, UPSTREAM_FLOORS};
 pub use validate::{ConfigIssue, validate, validate_file};
 pub use zk::{ExhibitorConfig, ZooKeeperConfig};
 

@@ -15,10 +15,43 @@ pub struct Timing {
     pub retry_timeout: u64,
 }
 
+impl Timing {
+    /// `true` when any setting is below upstream's floor (the library's constant), so the
+    /// daemon accepts this timing only with `allow_short_ttl: true`.
+    pub fn below_upstream_floors(&self) -> bool {
+        let f = patroni::config::UPSTREAM_FLOORS;
+        self.ttl < f.ttl || self.loop_wait < f.loop_wait || self.retry_timeout < f.retry_timeout
+    }
+
+    /// The `bootstrap.dcs` timing keys, each line starting with `indent`; adds
+    /// `allow_short_ttl: true` when the timing is below upstream's floors. Every harness
+    /// writes its timing through this one helper.
+    pub fn dcs_yaml(&self, indent: &str) -> String {
+        let mut out = format!(
+            "{indent}ttl: {}\n{indent}loop_wait: {}\n{indent}retry_timeout: {}\n",
+            self.ttl, self.loop_wait, self.retry_timeout
+        );
+        if self.below_upstream_floors() {
+            out.push_str(&format!(
+                "{indent}{}: true\n",
+                patroni::config::ALLOW_SHORT_TTL
+            ));
+        }
+        out
+    }
+}
+
 pub const FAST: Timing = Timing {
     ttl: 20,
     loop_wait: 2,
     retry_timeout: 5,
+};
+
+/// The fast-failover profile at its floors (accepted only with `allow_short_ttl`).
+pub const QUICK: Timing = Timing {
+    ttl: patroni::config::SHORT_FLOORS.ttl,
+    loop_wait: patroni::config::SHORT_FLOORS.loop_wait,
+    retry_timeout: patroni::config::SHORT_FLOORS.retry_timeout,
 };
 
 pub struct Node {
@@ -419,10 +452,7 @@ restapi:
   connect_address: 127.0.0.1:{api_port}
 {dcs_section}bootstrap:
   dcs:
-    ttl: {ttl}
-    loop_wait: {lw}
-    retry_timeout: {rt}
-    maximum_lag_on_failover: 1048576
+{timing}    maximum_lag_on_failover: 1048576
     postgresql:
       use_pg_rewind: true
       use_slots: true
@@ -455,9 +485,7 @@ postgresql:
     unix_socket_directories: '{sock}'
     shared_buffers: 16MB
 "#,
-        ttl = t.ttl,
-        lw = t.loop_wait,
-        rt = t.retry_timeout,
+        timing = t.dcs_yaml("    "),
         data = data_dir.display(),
         pgpass = dir.join(&format!("pgpass-{name}")).display(),
         sock = dir.path().display(),

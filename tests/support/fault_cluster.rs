@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// ttl 20 is the smallest our daemon (like upstream) accepts; loop_wait 1 and
+/// ttl 20 is upstream's floor (ours too without `allow_short_ttl`); loop_wait 1 and
 /// retry_timeout 3 make the cut-off primary give up as early as the rules allow.
 pub const TTL: u64 = 20;
 pub const LOOP_WAIT: u64 = 1;
@@ -274,10 +274,7 @@ etcd3:
   hosts: {etcd}
 bootstrap:
   dcs:
-    ttl: {TTL}
-    loop_wait: {LOOP_WAIT}
-    retry_timeout: {RETRY_TIMEOUT}
-    maximum_lag_on_failover: 1048576
+{timing}    maximum_lag_on_failover: 1048576
     synchronous_mode: {synchronous}
     postgresql:
       use_pg_rewind: true
@@ -311,6 +308,12 @@ postgresql:
     unix_socket_directories: '{sock}'
     shared_buffers: 16MB
 "#,
+        timing = super::cluster::Timing {
+            ttl: TTL,
+            loop_wait: LOOP_WAIT,
+            retry_timeout: RETRY_TIMEOUT,
+        }
+        .dcs_yaml("    "),
         host = a.host,
         api = a.api_port,
         api_connect = a.api_connect,
