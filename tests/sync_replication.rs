@@ -1,19 +1,21 @@
 //! Synchronous replication under faults on a real cluster: a writer records every
 //! acknowledged id through HAProxy while the primary is killed (-9) or frozen (SIGSTOP of
 //! its daemon longer than ttl), round after round. In synchronous mode the final primary
-//! must hold every acknowledged id; the asynchronous figure is printed beside it.
+//! must hold every acknowledged id; the asynchronous figure is printed beside it. The fault
+//! rounds run at the fast-failover profile (ttl 6 / loop_wait 1 / retry_timeout 2), which
+//! they also validate.
 mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::cluster::{Cluster, FAST, Writer, http_get_json, psql, psql_within};
+use support::cluster::{Cluster, FAST, QUICK, Timing, Writer, http_get_json, psql, psql_within};
 use support::eventually;
 
 use support::serial;
 
-fn cluster_with(n: usize, dcs: Value) -> Cluster {
-    let mut c = Cluster::new(n, &FAST);
+fn cluster_with(n: usize, t: &Timing, dcs: Value) -> Cluster {
+    let mut c = Cluster::new(n, t);
     for i in 0..n {
         c.edit_config(i, |v| {
             for (k, val) in dcs.as_object().unwrap() {
@@ -66,7 +68,7 @@ fn ids_on(c: &Cluster, i: usize) -> Vec<i64> {
 }
 
 /// Runs `rounds` faults and returns (lost acknowledged writes, acknowledged writes).
-fn fault_rounds(c: &mut Cluster, rounds: usize, wait_sync: bool) -> (usize, usize) {
+fn fault_rounds(c: &mut Cluster, t: &Timing, rounds: usize, wait_sync: bool) -> (usize, usize) {
     let n = c.nodes.len();
     let ready = |c: &Cluster| {
         eventually(Duration::from_secs(120), "replicas streaming", || {
@@ -85,13 +87,13 @@ fn fault_rounds(c: &mut Cluster, rounds: usize, wait_sync: bool) -> (usize, usiz
         let p = c.wait_primary(Duration::from_secs(60));
         if round % 2 == 0 {
             c.kill_daemon(p, true);
-            eventually(Duration::from_secs(FAST.ttl + 40), "a new primary", || {
+            eventually(Duration::from_secs(t.ttl + 40), "a new primary", || {
                 c.primary().filter(|&q| q != p)
             });
             c.start(p);
         } else {
             c.signal_daemon(p, Signal::SIGSTOP);
-            std::thread::sleep(Duration::from_secs(FAST.ttl + 5));
+            std::thread::sleep(Duration::from_secs(t.ttl + 5));
             eventually(Duration::from_secs(40), "a new primary", || {
                 c.primary().filter(|&q| q != p)
             });
@@ -129,9 +131,9 @@ fn sync_rounds() -> usize {
 #[test]
 fn synchronous_mode_loses_no_acknowledged_write_across_faults() {
     let _s = serial();
-    let mut c = cluster_with(3, json!({"synchronous_mode": true}));
+    let mut c = cluster_with(3, &QUICK, json!({"synchronous_mode": true}));
     let rounds = sync_rounds();
-    let (lost, acked) = fault_rounds(&mut c, rounds, true);
+    let (lost, acked) = fault_rounds(&mut c, &QUICK, rounds, true);
     eprintln!(
         "FIGURE sync_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds={rounds}"
     );
@@ -142,8 +144,8 @@ fn synchronous_mode_loses_no_acknowledged_write_across_faults() {
 #[test]
 fn asynchronous_mode_figure_for_comparison() {
     let _s = serial();
-    let mut c = cluster_with(3, json!({}));
-    let (lost, acked) = fault_rounds(&mut c, 2, false);
+    let mut c = cluster_with(3, &QUICK, json!({}));
+    let (lost, acked) = fault_rounds(&mut c, &QUICK, 2, false);
     // Upstream documents that asynchronous mode may lose acknowledged commits; report it.
     eprintln!("FIGURE async_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds=2");
     assert!(acked > 30, "the writer made progress: {acked}");
@@ -154,6 +156,7 @@ fn strict_mode_blocks_writes_when_the_only_standby_is_gone() {
     let _s = serial();
     let mut c = cluster_with(
         2,
+        &FAST,
         json!({"synchronous_mode": true, "synchronous_mode_strict": true}),
     );
     eventually(Duration::from_secs(60), "a synchronous standby", || {
@@ -194,10 +197,11 @@ fn quorum_mode_loses_no_acknowledged_write_across_faults() {
     let _s = serial();
     let mut c = cluster_with(
         3,
+        &QUICK,
         json!({"synchronous_mode": "quorum", "synchronous_node_count": 1}),
     );
     let rounds = sync_rounds();
-    let (lost, acked) = fault_rounds(&mut c, rounds, true);
+    let (lost, acked) = fault_rounds(&mut c, &QUICK, rounds, true);
     eprintln!(
         "FIGURE quorum_mode_lost_acknowledged_writes={lost} acknowledged={acked} rounds={rounds}"
     );
@@ -211,16 +215,20 @@ fn quorum_mode_loses_no_acknowledged_write_across_faults() {
 #[test]
 fn sync_state_drives_health_checks_switchover_and_follows_dynamic_config() {
     let _s = serial();
-    let c = cluster_with(3, json!({"synchronous_mode": true}));
+    let c = cluster_with(3, &FAST, json!({"synchronous_mode": true}));
     let api = |i: usize| c.nodes[i].api_port;
-    let (p, s, a) = eventually(Duration::from_secs(60), "one sync, one async standby", || {
-        let p = c.primary()?;
-        let sync: Vec<usize> = (0..3)
-            .filter(|&i| i != p)
-            .filter(|&i| c.patroni(i).is_some_and(|v| v["sync_standby"] == true))
-            .collect();
-        (sync.len() == 1).then(|| (p, sync[0], 3 - p - sync[0]))
-    });
+    let (p, s, a) = eventually(
+        Duration::from_secs(60),
+        "one sync, one async standby",
+        || {
+            let p = c.primary()?;
+            let sync: Vec<usize> = (0..3)
+                .filter(|&i| i != p)
+                .filter(|&i| c.patroni(i).is_some_and(|v| v["sync_standby"] == true))
+                .collect();
+            (sync.len() == 1).then(|| (p, sync[0], 3 - p - sync[0]))
+        },
+    );
     let status = |i: usize, path: &str| support::cluster::http_status(api(i), path);
     assert_eq!(status(s, "/synchronous"), Some(200));
     assert_eq!(status(s, "/read-only-sync"), Some(200));
@@ -254,7 +262,9 @@ fn sync_state_drives_health_checks_switchover_and_follows_dynamic_config() {
     });
     let (code, body) = switchover(a);
     assert_eq!(code, 200, "switchover once asynchronous: {body}");
-    eventually(Duration::from_secs(60), "the former async standby leads", || {
-        (c.primary() == Some(a)).then_some(())
-    });
+    eventually(
+        Duration::from_secs(60),
+        "the former async standby leads",
+        || (c.primary() == Some(a)).then_some(()),
+    );
 }
