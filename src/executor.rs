@@ -27,6 +27,8 @@ pub struct Outcome {
     pub dcs_error: Option<String>,
     /// A step failed in a way that makes the remaining actions wrong (pre_promote refused).
     pub aborted: bool,
+    /// The pre_promote script failed and the leader key was released.
+    pub promotion_cancelled: bool,
 }
 
 #[derive(Default)]
@@ -109,6 +111,7 @@ impl Executor {
             status_slots: d.status_slots.clone(),
             dcs_error: None,
             aborted: false,
+            promotion_cancelled: false,
         };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
@@ -228,6 +231,10 @@ impl Executor {
                 self.start_job(job.clone());
                 None
             }
+            Action::CancelJob => {
+                self.cancel_job();
+                None
+            }
             Action::Stop { mode } => {
                 // Every Stop is a demotion of a primary that may no longer lead: a fast
                 // shutdown waits for walsenders to dead standbys (tens of seconds), so it
@@ -253,14 +260,17 @@ impl Executor {
                         crate::callbacks::run_pre_promote(cmd, self.stop_timeout()).await
                 {
                     // Fencing failed: we must not become a primary; give the key back so
-                    // another member (or this one, next time) can try.
+                    // another member can try (this one backs off for ttl).
+                    warn!(
+                        "Releasing the leader key voluntarily because the pre-promote script failed ({why})"
+                    );
                     log_dcs("release leader lock", self.dcs.delete_leader(None).await);
                     out.has_lock = false;
                     out.aborted = true;
+                    out.promotion_cancelled = true;
                     out.role = Role::Replica;
-                    out.message = format!(
-                        "not promoting: the pre_promote script failed ({why}); released the leader key"
-                    );
+                    out.message =
+                        "Promotion cancelled because the pre-promote script failed".into();
                     return None;
                 }
                 match self.pg.promote(self.stop_timeout()).await {
