@@ -19,6 +19,9 @@ pub struct RestartRequest {
     pub restart_pending: bool,
     pub role: Option<String>,
     pub postgres_version: Option<String>,
+    /// pg_postmaster_start_time() when the restart was scheduled: a postmaster started
+    /// since then means the restart already happened (upstream cancels it then).
+    pub postmaster_start_time: Option<String>,
 }
 
 /// POST /reinitialize.

@@ -31,6 +31,8 @@ pub struct Outcome {
     /// cycle: the lease runs from no earlier than this, so the fencing deadline counts
     /// from here, not from the start of the cycle.
     pub lease_written_boot_ms: Option<u64>,
+    /// The pre_promote script failed and the leader key was released.
+    pub promotion_cancelled: bool,
 }
 
 #[derive(Default)]
@@ -114,6 +116,7 @@ impl Executor {
             dcs_error: None,
             aborted: false,
             lease_written_boot_ms: None,
+            promotion_cancelled: false,
         };
         out.has_lock = matches!(&obs.dcs, crate::ha::DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
         self.run_actions(&d.actions, obs, &mut out).await;
@@ -241,6 +244,10 @@ impl Executor {
                 self.start_job(job.clone());
                 None
             }
+            Action::CancelJob => {
+                self.cancel_job();
+                None
+            }
             Action::Stop { mode } => {
                 // Every Stop is a demotion of a primary that may no longer lead: a fast
                 // shutdown waits for walsenders to dead standbys (tens of seconds), so it
@@ -266,14 +273,17 @@ impl Executor {
                         crate::callbacks::run_pre_promote(cmd, self.stop_timeout()).await
                 {
                     // Fencing failed: we must not become a primary; give the key back so
-                    // another member (or this one, next time) can try.
+                    // another member can try (this one backs off for ttl).
+                    warn!(
+                        "Releasing the leader key voluntarily because the pre-promote script failed ({why})"
+                    );
                     log_dcs("release leader lock", self.dcs.delete_leader(None).await);
                     out.has_lock = false;
                     out.aborted = true;
+                    out.promotion_cancelled = true;
                     out.role = Role::Replica;
-                    out.message = format!(
-                        "not promoting: the pre_promote script failed ({why}); released the leader key"
-                    );
+                    out.message =
+                        "Promotion cancelled because the pre-promote script failed".into();
                     return None;
                 }
                 match self.promote_keeping_the_lease(obs, out).await {

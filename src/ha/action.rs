@@ -35,6 +35,8 @@ pub enum Action {
     ClearFailover { version: i64 },
     /// Start a background job (the slot is free).
     StartJob(Job),
+    /// Cancel the running background job (a start of the primary that took too long).
+    CancelJob,
     /// Stop PostgreSQL.
     Stop { mode: StopMode },
     /// Promote a standby to primary.

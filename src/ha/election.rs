@@ -4,9 +4,8 @@ use super::{Action, Branch, Decision, Memory, Observation, decision, leader, swi
 use crate::dcs::{Cluster, PgState, Role};
 use crate::postgres::types::StopMode;
 
-/// The runtime asks peers for their /patroni only when an election is on.
-/// Also the leader, when a switchover asks it to check its candidate.
-pub fn needs_peers(obs: &Observation) -> bool {
+/// An election is on, or the leader checks a switchover candidate.
+pub(super) fn needs_peers(obs: &Observation) -> bool {
     let super::DcsView::Ok(c) = &obs.dcs else {
         return false;
     };
@@ -35,6 +34,10 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     let verdict = match &manual {
         // Paused: a running primary re-takes the key; nobody demotes.
         _ if obs.config.paused => Ok(()),
+        _ if sql.in_recovery && pre_promote_backoff(obs, mem) => Err(
+            "backoff: skip leader race after pre_promote script failure and releasing the lock voluntarily"
+                .into(),
+        ),
         Some(v) => v.clone(),
         None => is_healthiest(obs, cluster, failover.and_then(|f| f.leader.as_deref())),
     };
@@ -129,6 +132,19 @@ pub(super) fn unlocked(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     d
 }
 
+/// Upstream: after the pre_promote script failed and we released the key, stay out of
+/// the race for ttl so another member gets its chance.
+fn pre_promote_backoff(obs: &Observation, mem: &mut Memory) -> bool {
+    match mem.pre_promote_failed_ms {
+        Some(at) if obs.now_ms.saturating_sub(at) < obs.config.ttl * 1000 => true,
+        Some(_) => {
+            mem.pre_promote_failed_ms = None;
+            false
+        }
+        None => false,
+    }
+}
+
 fn current_replica_role(sql: &crate::postgres::types::SqlObservation) -> Role {
     if sql.in_recovery {
         Role::Replica
@@ -154,6 +170,22 @@ pub(super) fn is_healthiest(
         .sql
         .as_ref()
         .ok_or("PostgreSQL is not accepting connections")?;
+    let my_tl = Some(sql.timeline).filter(|t| *t > 0);
+    if !sql.in_recovery
+        && let (Some(mine), Some(cluster_tl)) = (my_tl, cluster.timeline())
+        && mine < cluster_tl
+    {
+        // A primary whose key expired while another node was promoted (upstream checks
+        // this whatever check_timeline says).
+        return Err(format!(
+            "my timeline {mine} is behind last known cluster timeline {cluster_tl}"
+        ));
+    }
+    if sql.in_recovery
+        && let Some(why) = super::crash::timeline_behind(obs, cluster, my_tl)
+    {
+        return Err(format!("my {why}"));
+    }
     let my_wal = sql.wal_lsn;
     if sql.in_recovery
         && let Some(leader_optime) = cluster.status.optime

@@ -34,8 +34,12 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     } else {
         format!("no action. I am ({me}), the leader with the lock")
     };
+    let mut switchover_soon = None;
     let held_msg = match &step {
-        Some((_, LeaderStep::Wait(m))) => format!("{held_msg}; {m}"),
+        Some((_, LeaderStep::Wait(m, soon))) => {
+            switchover_soon = *soon;
+            format!("{held_msg}; {m}")
+        }
         Some((version, LeaderStep::Clear(m))) => {
             held_actions.push(Action::ClearFailover { version: *version });
             format!("{held_msg}; {m}")
@@ -74,7 +78,10 @@ pub(super) fn has_lock(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
         PgState::Running,
     );
     // PostgreSQL reports a new synchronous standby within moments of the reload.
-    d.recheck_ms = recheck.then_some(300);
+    d.recheck_ms = [recheck.then_some(300), switchover_soon]
+        .into_iter()
+        .flatten()
+        .min();
     d.status_slots = status_slots;
     d
 }

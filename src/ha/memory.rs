@@ -25,6 +25,12 @@ pub struct Memory {
     /// Leader: member slot name -> when its member was last seen (ms), for
     /// member_slots_ttl. `None` while not the leader.
     pub retain_slots: Option<std::collections::BTreeMap<String, u64>>,
+    /// The pre_promote script failed and we released the leader key at this time (ms):
+    /// stay out of the leader race for ttl (upstream's backoff).
+    pub pre_promote_failed_ms: Option<u64>,
+    /// As the leader we began starting our crashed primary at this time (ms); after
+    /// primary_start_timeout a healthy replica takes over instead.
+    pub primary_start_since_ms: Option<u64>,
 }
 
 impl Memory {

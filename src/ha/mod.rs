@@ -5,6 +5,7 @@
 pub mod action;
 mod bootstrap;
 pub mod cascade;
+pub mod crash;
 mod election;
 pub mod failsafe;
 mod leader;
@@ -18,10 +19,17 @@ pub mod switchover;
 pub mod sync;
 
 pub use action::{Action, Branch, Decision};
-pub use election::needs_peers;
 pub use failsafe::{FailsafeAnswer, FailsafeContact, FailsafeInput, FailsafeRound};
 pub use memory::Memory;
 pub use observation::*;
+
+/// The runtime asks peers for their /patroni only when a decision needs them: an election,
+/// a switchover the leader checks, or a crashed primary that may hand over.
+pub fn needs_peers(obs: &Observation, mem: &Memory) -> bool {
+    let leading =
+        matches!(&obs.dcs, DcsView::Ok(c) if c.leader_name() == Some(obs.config.name.as_str()));
+    election::needs_peers(obs) || (leading && crash::needs_peers(obs, mem))
+}
 
 use crate::dcs::{Cluster, PgState, Role};
 use crate::postgres::types::{DataDirState, PgObservation, StopMode, UpstreamConn};
@@ -42,9 +50,10 @@ fn decide_with_cluster(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
     if !i_am_leader {
         // Retention timers belong to the leader; a new leader seeds them from `status`.
         mem.retain_slots = None;
+        mem.primary_start_since_ms = None;
     }
     match &obs.job {
-        JobState::Running(job) => return job_running(obs, job, i_am_leader),
+        JobState::Running(job) => return job_running(obs, cluster, mem, job, i_am_leader),
         JobState::Finished(job, outcome) => {
             if let Some(d) = bootstrap::job_finished(obs, cluster, mem, job, outcome) {
                 return d;
@@ -70,9 +79,10 @@ fn decide_with_cluster(obs: &Observation, cluster: &Cluster, mem: &mut Memory) -
                 return replica::not_running(obs, cluster, mem);
             }
             if !obs.pg.is_healthy() {
-                return not_accepting_connections(obs, mem, i_am_leader);
+                return not_accepting_connections(obs, cluster, mem, i_am_leader);
             }
             mem.unhealthy_since_ms = None;
+            mem.primary_start_since_ms = None;
             if cluster.is_unlocked() {
                 if let Some(d) = failsafe::blocks_race(obs, cluster) {
                     return d;
@@ -132,7 +142,13 @@ fn dcs_unreachable(obs: &Observation, mem: &mut Memory, err: &str) -> Decision {
     d
 }
 
-fn job_running(obs: &Observation, job: &Job, i_am_leader: bool) -> Decision {
+fn job_running(
+    obs: &Observation,
+    cluster: &Cluster,
+    mem: &mut Memory,
+    job: &Job,
+    i_am_leader: bool,
+) -> Decision {
     let state = match job {
         Job::Bootstrap => PgState::InitializingNewCluster,
         Job::Basebackup { .. } => PgState::CreatingReplica,
@@ -150,9 +166,20 @@ fn job_running(obs: &Observation, job: &Job, i_am_leader: bool) -> Decision {
     };
     let what = job.describe();
     if i_am_leader {
+        let mut held_msg = format!("updated leader lock during {what}");
+        if let Job::Start {
+            role: crate::postgres::types::ConfigRole::Primary,
+        } = job
+        {
+            match crash::starting_leader(obs, cluster, mem, true) {
+                Ok(d) => return d,
+                Err(m) if !m.is_empty() => held_msg = m,
+                Err(_) => {}
+            }
+        }
         let lost = Branch::new(format!("lost the leader lock during {what}"), vec![])
             .with_role(Role::Demoted);
-        let held = Branch::new(format!("updated leader lock during {what}"), vec![]);
+        let held = Branch::new(held_msg, vec![]);
         decision(
             obs,
             String::new(),
@@ -166,13 +193,23 @@ fn job_running(obs: &Observation, job: &Job, i_am_leader: bool) -> Decision {
 }
 
 /// Postmaster alive but not accepting connections: starting up or in crash recovery.
-fn not_accepting_connections(obs: &Observation, mem: &mut Memory, i_am_leader: bool) -> Decision {
+fn not_accepting_connections(
+    obs: &Observation,
+    cluster: &Cluster,
+    mem: &mut Memory,
+    i_am_leader: bool,
+) -> Decision {
     mem.unhealthy_since_ms.get_or_insert(obs.now_ms);
-    let msg = format!(
+    let mut msg = format!(
         "postgres is running but not accepting connections yet ({})",
         obs.pg.sql_error.as_deref().unwrap_or("starting")
     );
     if i_am_leader {
+        match crash::starting_leader(obs, cluster, mem, false) {
+            Ok(d) => return d,
+            Err(m) if !m.is_empty() => msg = m,
+            Err(_) => {}
+        }
         let stop = if obs.config.paused {
             vec![]
         } else {
@@ -267,3 +304,5 @@ mod tests_failsafe;
 mod tests_lifecycle;
 #[cfg(test)]
 mod tests_slots;
+#[cfg(test)]
+mod tests_timeouts;

@@ -28,6 +28,27 @@ pub struct HaConfig {
     pub slots: super::slots::SlotsConfig,
     /// `failsafe_mode: true` in the dynamic config.
     pub failsafe_mode: bool,
+    /// `primary_start_timeout` and `check_timeline` from the dynamic config.
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Dynamic settings about a crashed or starting primary and the leader race.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleConfig {
+    /// Seconds the leader waits for its own start of a crashed primary before it hands
+    /// over to a healthy replica; 0: hand over at once instead of restarting in place.
+    pub primary_start_timeout: u64,
+    /// A member whose timeline is older than the cluster's (from `history`) may not lead.
+    pub check_timeline: bool,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            primary_start_timeout: 300,
+            check_timeline: false,
+        }
+    }
 }
 
 impl HaConfig {

@@ -45,8 +45,14 @@ pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory
             super::standby::start_standby_leader(obs, sc)
         }
         Some(leader) if leader == me => {
-            // The lock holds: restart in place, no failover (a crashed postmaster).
             if was_primary(&control) {
+                // primary_start_timeout 0 (or a start of ours that took too long): a
+                // healthy replica takes over instead.
+                if let Some(d) = super::crash::crashed_leader(obs, cluster, mem) {
+                    return d;
+                }
+                // Restart in place, counting primary_start_timeout from this start.
+                mem.primary_start_since_ms.get_or_insert(obs.now_ms);
                 let held = Branch::new(
                     "starting primary after failure",
                     vec![Action::StartJob(Job::Start {

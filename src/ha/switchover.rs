@@ -7,7 +7,6 @@
 //! received WAL is past that position, so the old primary can follow without pg_rewind.
 
 use super::Observation;
-use super::observation::PeerStatus;
 use crate::dcs::{Cluster, Failover};
 use chrono::{DateTime, FixedOffset};
 
@@ -38,6 +37,9 @@ pub enum Due {
     Now,
     /// In the future: wait, saying when.
     Later(String),
+    /// Within the next loop_wait: run again in this many ms and fire then (upstream sleeps
+    /// until the moment instead of firing up to a loop_wait early).
+    Soon(u64),
     /// Unparseable or missed by more than 1.5 loop_wait: clear it.
     Stale(String),
 }
@@ -53,6 +55,8 @@ pub fn due(scheduled_at: Option<&str>, wall_ms: i64, loop_wait_s: u64) -> Due {
     let lw_ms = loop_wait_s as i64 * 1000;
     if delta_ms > lw_ms {
         Due::Later(format!("at {s} (in {} seconds)", delta_ms / 1000))
+    } else if delta_ms > 0 {
+        Due::Soon(delta_ms as u64)
     } else if delta_ms < -(lw_ms * 3 / 2) {
         Due::Stale(format!("scheduled at {s}, which has passed"))
     } else {
@@ -63,8 +67,8 @@ pub fn due(scheduled_at: Option<&str>, wall_ms: i64, loop_wait_s: u64) -> Due {
 /// What the leader does about a pending request this cycle.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeaderStep {
-    /// Not yet due: keep leading.
-    Wait(String),
+    /// Not yet due: keep leading (and run again after this many ms when it is close).
+    Wait(String, Option<u64>),
     /// Invalid, stale or impossible: clear the key and keep leading.
     Clear(String),
     /// Demote now in favour of the candidate (or the healthiest member).
@@ -80,7 +84,14 @@ pub fn leader_step(obs: &Observation, cluster: &Cluster, f: &Failover) -> Leader
         due(f.scheduled_at.as_deref(), obs.wall_ms, obs.config.loop_wait)
     };
     match due_now {
-        Due::Later(when) => return LeaderStep::Wait(format!("awaiting switchover {when}")),
+        Due::Later(when) => return LeaderStep::Wait(format!("awaiting switchover {when}"), None),
+        Due::Soon(ms) => {
+            let when = f.scheduled_at.as_deref().unwrap_or_default();
+            return LeaderStep::Wait(
+                format!("awaiting switchover at {when} (in {ms} ms)"),
+                Some(ms),
+            );
+        }
         Due::Stale(why) => return LeaderStep::Clear(format!("found a stale switchover: {why}")),
         Due::Now => {}
     }
@@ -104,7 +115,7 @@ pub fn leader_step(obs: &Observation, cluster: &Cluster, f: &Failover) -> Leader
         }
         Some(c) => match cluster.member(c) {
             None => LeaderStep::Clear(format!("manual failover: candidate '{c}' is not a member")),
-            Some(_) => match candidate_health(&obs.peers, c) {
+            Some(_) => match candidate_health(obs, cluster, c) {
                 Ok(()) => LeaderStep::Demote(format!("manual failover: demoting myself for '{c}'")),
                 Err(why) => LeaderStep::Clear(format!(
                     "manual failover: candidate '{c}' is not healthy ({why}); switchover not possible"
@@ -115,7 +126,7 @@ pub fn leader_step(obs: &Observation, cluster: &Cluster, f: &Failover) -> Leader
             let any = obs
                 .peers
                 .iter()
-                .any(|p| candidate_health(&obs.peers, &p.name).is_ok());
+                .any(|p| candidate_health(obs, cluster, &p.name).is_ok());
             if any {
                 LeaderStep::Demote(
                     "manual failover: demoting myself for the healthiest member".into(),
@@ -129,9 +140,11 @@ pub fn leader_step(obs: &Observation, cluster: &Cluster, f: &Failover) -> Leader
     }
 }
 
-/// A peer may take over if it answered, runs as a replica, and is not tagged nofailover.
-fn candidate_health(peers: &[PeerStatus], name: &str) -> Result<(), String> {
-    let p = peers
+/// A peer may take over if it answered, runs as a replica, is not tagged nofailover, and
+/// (with check_timeline) is on the cluster's timeline.
+fn candidate_health(obs: &Observation, cluster: &Cluster, name: &str) -> Result<(), String> {
+    let p = obs
+        .peers
         .iter()
         .find(|p| p.name == name)
         .ok_or("no status from it")?;
@@ -144,6 +157,9 @@ fn candidate_health(peers: &[PeerStatus], name: &str) -> Result<(), String> {
     }
     if r.watchdog_failed {
         return Err("its watchdog failed".into());
+    }
+    if let Some(why) = super::crash::timeline_behind(obs, cluster, r.timeline) {
+        return Err(format!("its {why}"));
     }
     Ok(())
 }
@@ -168,7 +184,7 @@ pub fn no_leader_step(
     if sync_gated {
         return None;
     }
-    match candidate_health(&obs.peers, candidate) {
+    match candidate_health(obs, cluster, candidate) {
         Ok(()) => Some(Err(format!("manual failover to '{candidate}' in progress"))),
         Err(_) => None,
     }

@@ -24,6 +24,7 @@ pub(super) fn cfg() -> HaConfig {
         standby_cluster: None,
         slots: Default::default(),
         failsafe_mode: false,
+        lifecycle: Default::default(),
     }
 }
 
@@ -533,7 +534,10 @@ fn leader_demotes_gracefully_for_a_healthy_candidate() {
     let c = with_failover(cluster(Some("pg0")), Some("pg0"), Some("pg1"), None);
     let mut o = obs(c, primary_pg(100));
     o.peers = vec![peer("pg1", 100, false), peer("pg2", 100, false)];
-    assert!(needs_peers(&o), "the leader must check its candidate");
+    assert!(
+        needs_peers(&o, &Memory::default()),
+        "the leader must check its candidate"
+    );
     let mut mem = Memory::default();
     let d = decide(&o, &mut mem);
     assert_eq!(d.actions, vec![Action::GracefulDemote]);
@@ -630,8 +634,15 @@ fn scheduled_switchover_waits_then_fires() {
         "{}",
         held.message
     );
-    // Within loop_wait of the time (or just after it): demote.
+    // Within loop_wait of the time: run again exactly then, not a loop_wait early.
     o.wall_ms = 1_795_521_600_000 + 5 * 60 * 1000 - 3_000;
+    let d = run(&o);
+    assert!(
+        !d.actions.contains(&Action::GracefulDemote),
+        "fired 3 s early: {d:#?}"
+    );
+    assert_eq!(d.recheck_ms, Some(3_000));
+    o.wall_ms += 3_000;
     assert_eq!(run(&o).actions, vec![Action::GracefulDemote]);
     o.wall_ms += 8_000;
     assert_eq!(run(&o).actions, vec![Action::GracefulDemote]);

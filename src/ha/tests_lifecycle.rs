@@ -24,6 +24,7 @@ fn cfg(tags: Value) -> HaConfig {
         paused: false,
         sync: Default::default(),
         failsafe_mode: false,
+        lifecycle: Default::default(),
         standby_cluster: None,
         slots: Default::default(),
     }
@@ -240,4 +241,38 @@ fn paused_replica_does_not_take_over_from_a_dead_primary() {
         .any(|a| matches!(a, Action::AcquireLock { .. } | Action::Promote));
     assert!(!acquires, "no failover while paused: {d:#?}");
     assert!(d.message.starts_with("PAUSE"), "{}", d.message);
+}
+
+/// pg0 (us) is a replica of pg1 streaming idle; pg2 replicates from us.
+fn middle_member(member_slots_ttl_ms: u64) -> Decision {
+    let mut members = three();
+    members[2] = member("pg2", 5434, json!({"replicatefrom": "pg0"}));
+    let mut o = obs(json!({}), cluster(members), running_replica(5433));
+    o.config.slots.member_slots_ttl_ms = member_slots_ttl_ms;
+    decide(&o, &mut Memory::default())
+}
+
+fn created_slots(d: &Decision) -> Vec<String> {
+    d.actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreateSlots(names) => Some(names.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_middle_member_creates_the_slot_of_a_member_that_replicates_from_it() {
+    // With member slots on replicas (the default) and without them (member_slots_ttl 0):
+    // a cascading member's slot lives on the member it streams from.
+    for ttl in [30 * 60 * 1000, 0] {
+        let d = middle_member(ttl);
+        assert!(
+            created_slots(&d).contains(&"pg2".to_string()),
+            "member_slots_ttl {ttl}: {d:#?}"
+        );
+    }
+    // Without member slots on replicas, pg1's slot (the leader) is not ours to keep.
+    assert_eq!(created_slots(&middle_member(0)), vec!["pg2".to_string()]);
 }

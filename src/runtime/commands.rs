@@ -3,7 +3,7 @@
 
 use super::Runtime;
 use crate::command::{CommandReply, NodeCommand, ReinitRequest, RestartRequest};
-use crate::ha::{self, Job, switchover};
+use crate::ha::{self, Job};
 use crate::postgres::types::ConfigRole;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -18,7 +18,7 @@ fn refused(status: u16, message: impl Into<String>) -> CommandReply {
 impl Runtime {
     pub(crate) fn handle_command(&mut self, cmd: NodeCommand) {
         match cmd {
-            NodeCommand::Restart(req, reply) if req.schedule.is_some() => {
+            NodeCommand::Restart(mut req, reply) if req.schedule.is_some() => {
                 let answer = if self.scheduled_restart.is_some() {
                     refused(409, "Another restart is already scheduled")
                 } else {
@@ -26,6 +26,13 @@ impl Runtime {
                         "restart scheduled at {}",
                         req.schedule.unwrap().to_rfc3339()
                     );
+                    req.postmaster_start_time = self
+                        .status
+                        .borrow()
+                        .pg
+                        .as_ref()
+                        .map(|s| s.postmaster_start_time.clone())
+                        .filter(|t| !t.is_empty());
                     self.scheduled_restart = Some(req);
                     CommandReply::Accepted("Restart scheduled".into())
                 };
@@ -74,27 +81,48 @@ impl Runtime {
     }
 
     /// Fire a scheduled restart when its time comes (upstream re-checks restart_pending).
-    pub(crate) fn run_scheduled_restart(&mut self) {
-        let Some(req) = &self.scheduled_restart else {
-            return;
-        };
-        let at = req.schedule.map(|t| t.to_rfc3339());
+    /// Returns how soon to run the loop again when the moment is within a loop_wait.
+    pub(crate) fn run_scheduled_restart(
+        &mut self,
+        pg: &crate::postgres::types::PgObservation,
+    ) -> Option<u64> {
+        let req = self.scheduled_restart.as_ref()?;
         let now = chrono::Utc::now().timestamp_millis();
-        match switchover::due(at.as_deref(), now, self.dynamic.loop_wait) {
-            switchover::Due::Later(_) => {}
-            switchover::Due::Stale(why) => {
-                warn!("dropping a stale scheduled restart: {why}");
+        let pm_start = pg.sql.as_ref().map(|s| s.postmaster_start_time.as_str());
+        match super::scheduled::step(req, now, self.dynamic.loop_wait, pm_start) {
+            super::scheduled::Step::Wait(soon) => soon,
+            super::scheduled::Step::Drop(why) => {
+                warn!("{why}");
                 self.scheduled_restart = None;
+                None
             }
-            switchover::Due::Now => {
+            super::scheduled::Step::Fire => {
                 let req = self.scheduled_restart.take().expect("checked above");
                 if req.restart_pending && !self.status.borrow().pending_restart {
                     info!("scheduled restart skipped: no restart is pending any more");
-                    return;
+                    return None;
                 }
                 info!("running the scheduled restart");
                 self.restart_now(None);
+                None
             }
+        }
+    }
+
+    /// After a daemon restart: take back a scheduled restart from our member key.
+    pub(crate) fn restore_scheduled_restart(&mut self, cluster: &crate::dcs::Cluster) {
+        if self.scheduled_restart.is_some() {
+            return;
+        }
+        let stored = cluster
+            .member(&self.local.name)
+            .and_then(|m| m.data.scheduled_restart.as_ref());
+        if let Some(req) = stored.and_then(super::scheduled::from_json) {
+            info!(
+                "restart scheduled at {} (kept in my member key)",
+                req.schedule.map(|t| t.to_rfc3339()).unwrap_or_default()
+            );
+            self.scheduled_restart = Some(req);
         }
     }
 
@@ -126,13 +154,10 @@ impl Runtime {
         CommandReply::Done("reinitialize started".into())
     }
 
-    /// For /patroni: upstream's `scheduled_restart` object.
-    pub(crate) fn scheduled_restart_json(&self) -> Option<serde_json::Value> {
+    /// Upstream's `scheduled_restart` object: all of it for the member key, without
+    /// `postmaster_start_time` for /patroni.
+    pub(crate) fn scheduled_restart_json(&self, for_member_key: bool) -> Option<serde_json::Value> {
         let r: &RestartRequest = self.scheduled_restart.as_ref()?;
-        let mut v = serde_json::json!({ "schedule": r.schedule?.to_rfc3339() });
-        if let Some(ver) = &r.postgres_version {
-            v["postgres_version"] = ver.clone().into();
-        }
-        Some(v)
+        super::scheduled::to_json(r, for_member_key)
     }
 }

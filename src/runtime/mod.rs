@@ -4,6 +4,7 @@
 
 mod commands;
 mod safety;
+mod scheduled;
 
 use crate::callbacks::{CallbackAction, CallbackRole};
 use crate::config::{Config, DynamicConfig};
@@ -34,6 +35,8 @@ pub struct Runtime {
     commands_rx: Option<crate::command::CommandReceiver>,
     /// POST /restart with a schedule, waiting for its time.
     scheduled_restart: Option<crate::command::RestartRequest>,
+    /// The scheduled restart in our member key was read back (once, at start).
+    schedule_restored: bool,
     /// The API call waiting for the running restart job.
     restart_reply: Option<tokio::sync::oneshot::Sender<crate::command::CommandReply>>,
     started: Instant,
@@ -68,6 +71,7 @@ impl Runtime {
             commands_tx,
             commands_rx: Some(commands_rx),
             scheduled_restart: None,
+            schedule_restored: false,
             restart_reply: None,
             config_tx: Arc::new(config_tx),
             config_rx,
@@ -203,10 +207,14 @@ impl Runtime {
         };
         if let DcsView::Ok(c) = &dcs_view {
             self.apply_dynamic(c).await;
+            if !self.schedule_restored {
+                self.restore_scheduled_restart(c);
+                self.schedule_restored = true;
+            }
         }
         self.apply_pg_settings();
         let pg = self.pg.observe().await;
-        self.run_scheduled_restart();
+        let restart_soon = self.run_scheduled_restart(&pg);
         let mut obs = Observation {
             now_ms: self.started.elapsed().as_millis() as u64,
             wall_ms: chrono::Utc::now().timestamp_millis(),
@@ -221,7 +229,7 @@ impl Runtime {
         if ha::failsafe::needs_round(&obs) {
             obs.failsafe.round = Some(self.failsafe_round().await);
         }
-        if ha::needs_peers(&obs)
+        if ha::needs_peers(&obs, &self.memory)
             && let DcsView::Ok(c) = &obs.dcs
         {
             obs.peers = fetch_peers(&self.http, c, &obs.config.name).await;
@@ -266,6 +274,9 @@ impl Runtime {
             outcome.has_lock = self.memory.has_lock;
         }
         self.memory.last_role = outcome.role;
+        if outcome.promotion_cancelled {
+            self.memory.pre_promote_failed_ms = Some(obs.now_ms);
+        }
         if let Some(t) = outcome.lease_written_boot_ms {
             self.lease_written_boot_ms = t;
         }
@@ -289,7 +300,11 @@ impl Runtime {
             DcsView::Ok(c) => c.leader.as_ref().map(|l| l.version),
             _ => None,
         };
-        (leader_version, obs.pg.postmaster_pid, decision.recheck_ms)
+        let recheck = [decision.recheck_ms, restart_soon]
+            .into_iter()
+            .flatten()
+            .min();
+        (leader_version, obs.pg.postmaster_pid, recheck)
     }
 
     /// Adopt the DCS `config` key (merged with local overrides) and push timing to the DCS.
@@ -352,6 +367,10 @@ impl Runtime {
             tags: self.effective_tags(),
             paused: self.dynamic.pause,
             failsafe_mode: self.dynamic.failsafe_mode,
+            lifecycle: ha::LifecycleConfig {
+                primary_start_timeout: self.dynamic.primary_start_timeout,
+                check_timeline: self.dynamic.check_timeline,
+            },
             sync: ha::sync::SyncConfig::from_value(
                 &self.dynamic.synchronous_mode,
                 self.dynamic.synchronous_mode_strict,
@@ -403,7 +422,7 @@ impl Runtime {
         if obs.config.paused {
             data.pause = Some(true);
         }
-        data.scheduled_restart = self.scheduled_restart_json();
+        data.scheduled_restart = self.scheduled_restart_json(true);
         if let Err(e) = self.dcs.touch_member(&data).await {
             warn!("updating my member key failed: {e}");
         }
@@ -480,7 +499,7 @@ impl Runtime {
             dynamic: self.dynamic.clone(),
             cluster,
             pending_restart: !restart_reason.is_empty(),
-            scheduled_restart: self.scheduled_restart_json(),
+            scheduled_restart: self.scheduled_restart_json(false),
             pending_restart_reason: restart_reason,
             watchdog_failed: self.watchdog_failed,
             loop_running: true,

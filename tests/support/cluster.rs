@@ -239,9 +239,7 @@ impl Cluster {
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
         let s = std::fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = s.lines().next()?.trim().parse().ok()?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            .ok()
-            .map(|_| pid)
+        super::pid_running(pid).then_some(pid)
     }
 
     pub fn start_haproxy(&mut self) {

@@ -139,7 +139,7 @@ impl FaultCluster {
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
         let s = std::fs::read_to_string(self.nodes[i].data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = s.lines().next()?.trim().parse().ok()?;
-        kill(Pid::from_raw(pid), None).ok().map(|_| pid)
+        super::pid_running(pid).then_some(pid)
     }
 
     /// GET `path` on node i's REST API: (status, JSON body).

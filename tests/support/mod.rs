@@ -132,6 +132,23 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Is process `pid` running? A process that exited but was not reaped yet (a zombie, state
+/// `Z` in /proc/PID/stat) still answers `kill(pid, 0)`; it is not running. A postmaster
+/// whose daemon was killed belongs to PID 1 afterwards, which may never reap it.
+pub fn pid_running(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')' (comm may contain one).
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
 /// Poll `probe` until it returns `Some`, or panic with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
