@@ -607,7 +607,16 @@ async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
     let timeout = Duration::from_secs(local.postgresql.pg_ctl_timeout.max(1));
     let r = match job {
         Job::Bootstrap => bootstrap(pg, local, timeout).await,
-        Job::Basebackup { from } => pg.basebackup(from).await.map_err(|e| e.to_string()),
+        Job::Basebackup { from } => pg
+            .create_replica(Some(from))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Job::CloneWithoutLeader => pg
+            .create_replica(None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Job::CheckDivergence { from } => {
             // A crashed former primary must finish crash recovery before its WAL end is known
             // (a running replica is checked as it runs).
@@ -664,7 +673,10 @@ async fn reinitialize(
             .map_err(|e| format!("stopping PostgreSQL: {e}"))?;
     }
     pg.remove_data_dir().await.map_err(|e| e.to_string())?;
-    pg.basebackup(from).await.map_err(|e| e.to_string())
+    pg.create_replica(Some(from))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(), String> {

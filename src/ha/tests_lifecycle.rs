@@ -24,6 +24,7 @@ fn cfg(tags: Value) -> HaConfig {
         paused: false,
         sync: Default::default(),
         failsafe_mode: false,
+        clone_without_leader: false,
         standby_cluster: None,
         slots: Default::default(),
     }

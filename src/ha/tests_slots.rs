@@ -27,6 +27,7 @@ fn cfg() -> HaConfig {
         paused: false,
         sync: Default::default(),
         failsafe_mode: false,
+        clone_without_leader: false,
         standby_cluster: None,
         slots: SlotsConfig {
             member_slots_ttl_ms: TTL_MS,

@@ -15,21 +15,6 @@ use super::{Postgres, sql};
 
 /// initdb options we set ourselves or that would break the cluster.
 const INITDB_FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version"];
-/// pg_basebackup options we set ourselves.
-const BASEBACKUP_FORBIDDEN: &[&str] = &[
-    "pgdata",
-    "format",
-    "wal-method",
-    "xlog-method",
-    "gzip",
-    "version",
-    "compress",
-    "dbname",
-    "host",
-    "port",
-    "username",
-    "password",
-];
 /// Long jobs (initdb, basebackup, post_bootstrap) are bounded only by the caller
 /// dropping the future (which kills the child).
 pub(super) const LONG_JOB: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -235,8 +220,12 @@ impl Postgres {
             return Err(PgError::DataDirNotEmpty(dd));
         }
         let opts = s.local.basebackup.clone().unwrap_or(Value::Null);
-        let mut args = conf::user_options("basebackup", &opts, BASEBACKUP_FORBIDDEN)
-            .map_err(PgError::BadOption)?;
+        let mut args = conf::user_options(
+            "basebackup",
+            &opts,
+            super::replica_methods::BASEBACKUP_NOT_ALLOWED,
+        )
+        .map_err(PgError::BadOption)?;
         if !args.iter().any(|a| a.starts_with("--checkpoint")) {
             args.push("--checkpoint=fast".into());
         }

@@ -9,6 +9,7 @@ pub mod controldata;
 pub mod error;
 pub mod files;
 pub mod process;
+pub mod replica_methods;
 pub mod settings;
 pub mod sql;
 pub mod types;
