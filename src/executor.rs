@@ -680,12 +680,35 @@ async fn reinitialize(
 }
 
 async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(), String> {
-    pg.initdb(&local.bootstrap.initdb)
-        .await
-        .map_err(|e| e.to_string())?;
-    pg.start(&ConfigRole::Primary, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let custom = crate::postgres::custom_bootstrap::from_config(&local.bootstrap);
+    let r = bootstrap_steps(pg, local, custom.as_ref(), timeout).await;
+    if r.is_err() && custom.is_some() {
+        pg.abandon_custom_bootstrap();
+    }
+    r
+}
+
+/// initdb (or the custom method and its recovery), start, users, post_bootstrap.
+async fn bootstrap_steps(
+    pg: &Postgres,
+    local: &Config,
+    custom: Option<&crate::postgres::custom_bootstrap::CustomBootstrap>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match custom {
+        Some(cb) => pg
+            .custom_bootstrap(cb, timeout)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => {
+            pg.initdb(&local.bootstrap.initdb)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.start(&ConfigRole::Primary, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     pg.create_bootstrap_users(&local.postgresql.authentication)
         .await
         .map_err(|e| e.to_string())?;
@@ -693,6 +716,9 @@ async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(
         pg.run_post_bootstrap(script)
             .await
             .map_err(|e| e.to_string())?;
+    }
+    if custom.is_some() {
+        pg.finish_custom_bootstrap().map_err(|e| e.to_string())?;
     }
     Ok(())
 }
