@@ -657,7 +657,16 @@ async fn run_job(pg: &Postgres, local: &Config, job: &Job) -> JobOutcome {
     let timeout = Duration::from_secs(local.postgresql.pg_ctl_timeout.max(1));
     let r = match job {
         Job::Bootstrap => bootstrap(pg, local, timeout).await,
-        Job::Basebackup { from } => pg.basebackup(from).await.map_err(|e| e.to_string()),
+        Job::Basebackup { from } => pg
+            .create_replica(Some(from))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Job::CloneWithoutLeader => pg
+            .create_replica(None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Job::CheckDivergence { from } => {
             // A crashed former primary must finish crash recovery before its WAL end is known
             // (a running replica is checked as it runs).
@@ -714,16 +723,42 @@ async fn reinitialize(
             .map_err(|e| format!("stopping PostgreSQL: {e}"))?;
     }
     pg.remove_data_dir().await.map_err(|e| e.to_string())?;
-    pg.basebackup(from).await.map_err(|e| e.to_string())
+    pg.create_replica(Some(from))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(), String> {
-    pg.initdb(&local.bootstrap.initdb)
-        .await
-        .map_err(|e| e.to_string())?;
-    pg.start(&ConfigRole::Primary, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let custom = crate::postgres::custom_bootstrap::from_config(&local.bootstrap);
+    let r = bootstrap_steps(pg, local, custom.as_ref(), timeout).await;
+    if r.is_err() && custom.is_some() {
+        pg.abandon_custom_bootstrap();
+    }
+    r
+}
+
+/// initdb (or the custom method and its recovery), start, users, post_bootstrap.
+async fn bootstrap_steps(
+    pg: &Postgres,
+    local: &Config,
+    custom: Option<&crate::postgres::custom_bootstrap::CustomBootstrap>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match custom {
+        Some(cb) => pg
+            .custom_bootstrap(cb, timeout)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => {
+            pg.initdb(&local.bootstrap.initdb)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.start(&ConfigRole::Primary, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     pg.create_bootstrap_users(&local.postgresql.authentication)
         .await
         .map_err(|e| e.to_string())?;
@@ -731,6 +766,9 @@ async fn bootstrap(pg: &Postgres, local: &Config, timeout: Duration) -> Result<(
         pg.run_post_bootstrap(script)
             .await
             .map_err(|e| e.to_string())?;
+    }
+    if custom.is_some() {
+        pg.finish_custom_bootstrap().map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod dynamic;
 mod dynamic_check;
 pub mod env;
 pub mod load;
+mod methods_check;
 pub mod pg_params;
 mod schema;
 pub mod timing;

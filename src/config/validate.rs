@@ -87,6 +87,7 @@ pub fn validate(cfg: &Config) -> Vec<ConfigIssue> {
     check_postgresql(cfg, &mut out);
     check_dcs(cfg, &mut out);
     check_bootstrap(cfg, &mut out);
+    out.0.extend(super::methods_check::check_methods(cfg));
     let local_dynamic: Map<String, Value> = cfg
         .extra
         .iter()
@@ -397,49 +398,10 @@ fn check_bootstrap(cfg: &Config, out: &mut Issues) {
         .extend(validate_dynamic_map(&cfg.bootstrap.dcs, "bootstrap.dcs"));
     for (i, opt) in cfg.bootstrap.initdb.iter().enumerate() {
         let path = format!("bootstrap.initdb[{i}]");
-        if let Err(m) = check_initdb_option(opt) {
+        if let Err(m) = super::methods_check::check_tool_option(opt, INITDB_NOT_ALLOWED) {
             out.add(&path, m);
         }
     }
-}
-
-/// An initdb option: a switch (`data-checksums`) or one `name: value` pair.
-fn check_initdb_option(opt: &Value) -> Result<(), String> {
-    let name = match opt {
-        Value::String(s) => s.as_str(),
-        Value::Object(m) if m.len() == 1 => {
-            let (k, v) = m.iter().next().expect("one entry");
-            if !(v.is_string() || v.is_number()) {
-                return Err(format!(
-                    "the value of {k} must be a string, got {}",
-                    describe_value(v)
-                ));
-            }
-            k.as_str()
-        }
-        Value::Object(m) => {
-            return Err(format!(
-                "each entry must be a single `name: value` pair, this one has {} keys; split it into separate entries",
-                m.len()
-            ));
-        }
-        other => {
-            return Err(format!(
-                "must be a switch such as data-checksums or a `name: value` pair, got {}",
-                describe_value(other)
-            ));
-        }
-    };
-    if name.starts_with('-') {
-        return Err(format!(
-            "write the option without leading dashes, e.g. {:?}",
-            name.trim_start_matches('-')
-        ));
-    }
-    if INITDB_NOT_ALLOWED.contains(&name) {
-        return Err(format!("{name} is set by Patroni and not allowed here"));
-    }
-    Ok(())
 }
 
 fn check_watchdog(w: &Map<String, Value>, out: &mut Issues) {

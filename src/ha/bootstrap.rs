@@ -52,6 +52,16 @@ pub(super) fn empty_data_dir(obs: &Observation, cluster: &Cluster, mem: &mut Mem
             );
             uninit(String::new(), vec![Action::RaceInitialize { won, lost }])
         }
+        // Upstream: a `no_leader` replica method may restore a formerly running cluster
+        // from a backup, unless a bootstrap is under way (initialize is still empty).
+        None if obs.config.clone_without_leader
+            && cluster.initialize.as_deref().is_some_and(|s| !s.is_empty()) =>
+        {
+            uninit(
+                "trying to bootstrap (without leader)".into(),
+                vec![Action::StartJob(Job::CloneWithoutLeader)],
+            )
+        }
         None => uninit("waiting for leader to bootstrap".into(), vec![]),
     }
 }
@@ -152,6 +162,27 @@ pub(super) fn job_finished(
             mem.reset_rewind_state();
             let sc = super::standby::remote(obs).cloned().unwrap_or_default();
             Some(super::standby::bootstrap_finished(obs, &sc))
+        }
+        (Job::CloneWithoutLeader, JobOutcome::Failed(e)) => Some(decision(
+            obs,
+            format!("failed to create a replica without a leader ({e}); will retry"),
+            vec![Action::RemoveDataDir],
+            Role::Uninitialized,
+            PgState::Stopped,
+        )),
+        (Job::CloneWithoutLeader, _) => {
+            mem.reset_rewind_state();
+            let role = ConfigRole::Standby {
+                upstream: None,
+                slot_name: None,
+            };
+            Some(decision(
+                obs,
+                "replica created without a leader; starting it".into(),
+                vec![Action::StartJob(Job::Start { role })],
+                Role::Replica,
+                PgState::Starting,
+            ))
         }
         (Job::Basebackup { from } | Job::Reinitialize { from }, JobOutcome::Failed(e)) => {
             Some(decision(

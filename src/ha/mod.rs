@@ -151,16 +151,15 @@ fn job_running(
 ) -> Decision {
     let state = match job {
         Job::Bootstrap => PgState::InitializingNewCluster,
-        Job::Basebackup { .. } => PgState::CreatingReplica,
+        Job::Basebackup { .. } | Job::CloneWithoutLeader => PgState::CreatingReplica,
         Job::Rewind { .. } | Job::CheckDivergence { .. } => PgState::Rewinding,
         Job::Start { .. } => PgState::Starting,
         Job::Restart { .. } => PgState::Restarting,
         Job::Reinitialize { .. } => PgState::CreatingReplica,
     };
     let role = match (job, i_am_leader) {
-        (Job::Bootstrap, _) | (Job::Basebackup { .. }, _) | (Job::Reinitialize { .. }, _) => {
-            Role::Uninitialized
-        }
+        (Job::Bootstrap | Job::Basebackup { .. } | Job::CloneWithoutLeader, _)
+        | (Job::Reinitialize { .. }, _) => Role::Uninitialized,
         (_, true) => Role::Primary,
         _ => Role::Replica,
     };

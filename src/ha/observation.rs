@@ -30,6 +30,9 @@ pub struct HaConfig {
     pub failsafe_mode: bool,
     /// `primary_start_timeout` and `check_timeline` from the dynamic config.
     pub lifecycle: LifecycleConfig,
+    /// A replica creation method with `no_leader` is configured: an empty member may
+    /// restore itself (from a backup) while the cluster has no leader.
+    pub clone_without_leader: bool,
 }
 
 /// Dynamic settings about a crashed or starting primary and the leader race.
@@ -76,8 +79,11 @@ pub enum DcsView {
 pub enum Job {
     /// initdb, start as primary, create users, post_bootstrap.
     Bootstrap,
-    /// pg_basebackup from the upstream, then start as a standby of it.
+    /// Create a replica from the upstream with the configured `create_replica_methods`
+    /// (pg_basebackup by default), then start as a standby of it.
     Basebackup { from: UpstreamConn },
+    /// No leader, but a `no_leader` replica method can restore the data directory.
+    CloneWithoutLeader,
     /// Compare our timeline/LSN with the leader's history.
     CheckDivergence { from: UpstreamConn },
     /// pg_rewind from the leader, then start as its standby.
@@ -98,7 +104,8 @@ impl Job {
     pub fn describe(&self) -> &'static str {
         match self {
             Job::Bootstrap => "bootstrap",
-            Job::Basebackup { .. } => "replica creation (pg_basebackup)",
+            Job::Basebackup { .. } => "replica creation",
+            Job::CloneWithoutLeader => "replica creation without a leader",
             Job::CheckDivergence { .. } => "timeline divergence check",
             Job::Rewind { .. } => "pg_rewind",
             Job::Start { .. } => "PostgreSQL start",

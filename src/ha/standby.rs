@@ -90,6 +90,7 @@ impl StandbyCluster {
         StandbyClusterSettings {
             primary_slot_name: self.primary_slot_name.clone(),
             recovery,
+            create_replica_methods: self.create_replica_methods.clone(),
         }
     }
 
@@ -203,19 +204,9 @@ pub(super) fn start_standby_leader(obs: &Observation, sc: &StandbyCluster) -> De
 
 /// Won the initialize race in a standby cluster: clone the remote primary instead of initdb.
 pub(super) fn bootstrap_branch(sc: &StandbyCluster, me: &str) -> Branch {
-    let unsupported: Vec<&String> = sc
-        .create_replica_methods
-        .iter()
-        .filter(|m| m.as_str() != "basebackup")
-        .collect();
-    let note = if unsupported.is_empty() {
-        String::new()
-    } else {
-        format!(" (replica methods {unsupported:?} are not supported here; using basebackup)")
-    };
     Branch::new(
         format!(
-            "trying to bootstrap a new standby leader from {} ({me} won the initialize race){note}",
+            "trying to bootstrap a new standby leader from {} ({me} won the initialize race)",
             sc.describe()
         ),
         vec![Action::StartJob(Job::Basebackup {

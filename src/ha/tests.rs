@@ -25,6 +25,7 @@ pub(super) fn cfg() -> HaConfig {
         slots: Default::default(),
         failsafe_mode: false,
         lifecycle: Default::default(),
+        clone_without_leader: false,
     }
 }
 
@@ -168,6 +169,31 @@ fn empty_dir_waits_when_initialized_without_leader() {
         "{}",
         d.message
     );
+}
+
+#[test]
+fn empty_dir_restores_without_leader_only_with_a_no_leader_method() {
+    let mut o = obs(cluster(None), PgObservation::default());
+    o.config.clone_without_leader = true;
+    let d = run(&o);
+    assert_eq!(only(&d), &Action::StartJob(Job::CloneWithoutLeader));
+    // A bootstrap under way (initialize still empty) is not raced.
+    let mut c = cluster(None);
+    c.initialize = Some(String::new());
+    let mut o = obs(c, PgObservation::default());
+    o.config.clone_without_leader = true;
+    assert!(run(&o).actions.is_empty());
+    // Restored: start as a standby with no upstream; failed: wipe and retry.
+    let mut o = obs(cluster(None), PgObservation::default());
+    o.job = JobState::Finished(Job::CloneWithoutLeader, JobOutcome::Ok);
+    assert!(matches!(
+        only(&run(&o)),
+        Action::StartJob(Job::Start {
+            role: ConfigRole::Standby { upstream: None, .. }
+        })
+    ));
+    o.job = JobState::Finished(Job::CloneWithoutLeader, JobOutcome::Failed("x".into()));
+    assert_eq!(only(&run(&o)), &Action::RemoveDataDir);
 }
 
 #[test]

@@ -25,6 +25,7 @@ fn cfg(tags: Value) -> HaConfig {
         sync: Default::default(),
         failsafe_mode: false,
         lifecycle: Default::default(),
+        clone_without_leader: false,
         standby_cluster: None,
         slots: Default::default(),
     }

@@ -28,6 +28,7 @@ fn cfg() -> HaConfig {
         sync: Default::default(),
         failsafe_mode: false,
         lifecycle: Default::default(),
+        clone_without_leader: false,
         standby_cluster: None,
         slots: SlotsConfig {
             member_slots_ttl_ms: TTL_MS,

@@ -46,6 +46,58 @@ pub fn from_map(m: &BTreeMap<String, String>) -> Result<ControlData> {
     })
 }
 
+/// Settings a hot standby must run with at least the primary's values (as recorded in
+/// pg_control), with their pg_controldata labels (upstream's `effective_configuration`).
+pub const HOT_STANDBY_MINIMUMS: &[(&str, &str)] = &[
+    ("max_connections", "max_connections setting"),
+    ("max_prepared_transactions", "max_prepared_xacts setting"),
+    ("max_locks_per_transaction", "max_locks_per_xact setting"),
+    ("max_worker_processes", "max_worker_processes setting"),
+    ("max_wal_senders", "max_wal_senders setting"),
+];
+
+/// A setting raised to pg_control's value for a start in recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaisedSetting {
+    pub name: &'static str,
+    pub configured: i64,
+    pub control: i64,
+}
+
+/// Which of `params` are below the values pg_control records: starting in recovery with
+/// them would stop PostgreSQL ("recovery aborted because of insufficient parameter
+/// settings"). A missing parameter counts as PostgreSQL's default.
+pub fn hot_standby_shortfalls(
+    params: &BTreeMap<String, String>,
+    control: &BTreeMap<String, String>,
+) -> Vec<RaisedSetting> {
+    HOT_STANDBY_MINIMUMS
+        .iter()
+        .filter_map(|(name, label)| {
+            let control: i64 = control.get(*label)?.trim().parse().ok()?;
+            let configured = params
+                .get(*name)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| pg_default(name));
+            (control > configured).then_some(RaisedSetting {
+                name,
+                configured,
+                control,
+            })
+        })
+        .collect()
+}
+
+fn pg_default(name: &str) -> i64 {
+    match name {
+        "max_connections" => 100,
+        "max_locks_per_transaction" => 64,
+        "max_worker_processes" => 8,
+        "max_wal_senders" => 10,
+        _ => 0,
+    }
+}
+
 /// Raw pg_controldata output as a map (English labels: LC_ALL=C).
 pub async fn read_map(s: &PgSettings) -> Result<BTreeMap<String, String>> {
     let mut cmd = process::command(s, "pg_controldata");
@@ -86,6 +138,39 @@ Minimum recovery ending location:     0/30000D8
 Min recovery ending loc's timeline:   2
 wal_log_hints setting:                on
 ";
+
+    #[test]
+    fn standby_settings_below_pg_control_are_raised() {
+        let params: BTreeMap<String, String> = [
+            ("max_connections", "50"),
+            ("max_wal_senders", "10"),
+            ("max_worker_processes", "16"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let control = parse_map(
+            "max_connections setting: 100\nmax_worker_processes setting: 8\n\
+             max_wal_senders setting: 10\nmax_prepared_xacts setting: 5\n\
+             max_locks_per_xact setting: 64\n",
+        );
+        assert_eq!(
+            hot_standby_shortfalls(&params, &control),
+            [
+                RaisedSetting {
+                    name: "max_connections",
+                    configured: 50,
+                    control: 100
+                },
+                RaisedSetting {
+                    name: "max_prepared_transactions",
+                    configured: 0,
+                    control: 5
+                },
+            ]
+        );
+        assert!(hot_standby_shortfalls(&params, &BTreeMap::new()).is_empty());
+    }
 
     #[test]
     fn parses_sample() {

@@ -6,6 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::conf::{self, ConninfoParams, RecoveryParams};
+use super::custom_bootstrap::{self, BootstrapRecovery, RecoveryConf};
 use super::error::{Result, io_err};
 use super::settings::PgSettings;
 use super::types::ConfigRole;
@@ -173,6 +174,16 @@ fn prepare_base_conf(s: &PgSettings) -> Result<String> {
 
 /// Write every file we own for `role`.
 pub fn write_config(s: &PgSettings, role: &ConfigRole) -> Result<()> {
+    write_config_with(s, role, None)
+}
+
+/// Like `write_config`; while a custom bootstrap's data recovers, `boot` decides the
+/// recovery settings, the signal files and pg_hba.conf.
+pub fn write_config_with(
+    s: &PgSettings,
+    role: &ConfigRole,
+    boot: Option<&BootstrapRecovery>,
+) -> Result<()> {
     ensure_dir(&s.config_dir(), s.run_as)?;
     let include = prepare_base_conf(s)?;
     let mut params = s.server_parameters();
@@ -183,18 +194,25 @@ pub fn write_config(s: &PgSettings, role: &ConfigRole) -> Result<()> {
     params
         .entry("ident_file".into())
         .or_insert_with(|| dir.join(conf::PG_IDENT_CONF).to_string_lossy().into_owned());
-    let recovery = recovery_params(s, role);
-    let text = conf::render_postgresql_conf(&include, &params, recovery.as_ref());
+    let recovery = match boot {
+        Some(_) => None,
+        None => recovery_params(s, role),
+    };
+    let mut text = conf::render_postgresql_conf(&include, &params, recovery.as_ref());
+    if let Some(RecoveryConf::Write(settings)) = boot.map(|b| &b.recovery) {
+        text.push_str(&custom_bootstrap::render_recovery_block(settings));
+    }
     write_atomic(
         &s.config_file(conf::POSTGRESQL_CONF),
         &text,
         0o600,
         s.run_as,
     )?;
-    if !s.pg_hba.is_empty() {
+    let hba = boot.map(|b| &b.pg_hba).unwrap_or(&s.pg_hba);
+    if !hba.is_empty() {
         write_atomic(
             &s.config_file(conf::PG_HBA_CONF),
-            &conf::render_lines(&s.pg_hba),
+            &conf::render_lines(hba),
             0o600,
             s.run_as,
         )?;
@@ -210,6 +228,9 @@ pub fn write_config(s: &PgSettings, role: &ConfigRole) -> Result<()> {
         write_atomic(&s.config_file(conf::PG_IDENT_CONF), "", 0o600, s.run_as)?;
     }
     write_pgpass(s)?;
+    if let Some(b) = boot {
+        return write_bootstrap_signals(s, &b.recovery);
+    }
     let signal = s.data_file(conf::STANDBY_SIGNAL);
     match role {
         ConfigRole::Standby { .. } => write_atomic(&signal, "", 0o600, s.run_as)?,
@@ -217,6 +238,26 @@ pub fn write_config(s: &PgSettings, role: &ConfigRole) -> Result<()> {
     }
     // recovery.signal would make a primary run targeted recovery: never ours.
     remove_if_exists(&s.data_file(conf::RECOVERY_SIGNAL))
+}
+
+/// The signal files of a custom bootstrap's recovery (upstream's write_recovery_conf).
+fn write_bootstrap_signals(s: &PgSettings, recovery: &RecoveryConf) -> Result<()> {
+    let (standby, rec) = (
+        s.data_file(conf::STANDBY_SIGNAL),
+        s.data_file(conf::RECOVERY_SIGNAL),
+    );
+    match recovery {
+        RecoveryConf::Write(m) if custom_bootstrap::wants_standby(m) => {
+            write_atomic(&standby, "", 0o600, s.run_as)?;
+            remove_if_exists(&rec)
+        }
+        RecoveryConf::Write(_) => {
+            write_atomic(&rec, "", 0o600, s.run_as)?;
+            remove_if_exists(&standby)
+        }
+        RecoveryConf::Keep => Ok(()),
+        RecoveryConf::Remove => remove_recovery_signals(s),
+    }
 }
 
 /// Remove standby.signal / recovery.signal (before single-user crash recovery).

@@ -11,25 +11,10 @@ use super::files;
 use super::process::{self, command, log_tail, run};
 use super::settings::{PgSettings, dir_empty};
 use super::types::{ConfigRole, StopMode, UpstreamConn};
-use super::{Postgres, sql};
+use super::{Postgres, controldata, sql};
 
 /// initdb options we set ourselves or that would break the cluster.
 const INITDB_FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version"];
-/// pg_basebackup options we set ourselves.
-const BASEBACKUP_FORBIDDEN: &[&str] = &[
-    "pgdata",
-    "format",
-    "wal-method",
-    "xlog-method",
-    "gzip",
-    "version",
-    "compress",
-    "dbname",
-    "host",
-    "port",
-    "username",
-    "password",
-];
 /// Long jobs (initdb, basebackup, post_bootstrap) are bounded only by the caller
 /// dropping the future (which kills the child).
 pub(super) const LONG_JOB: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -37,7 +22,7 @@ pub(super) const LONG_JOB: Duration = Duration::from_secs(30 * 24 * 3600);
 impl Postgres {
     /// Write postgresql.conf / pg_hba.conf / pgpass / standby.signal for `role`.
     pub fn write_config(&self, role: &ConfigRole) -> Result<()> {
-        files::write_config(&self.settings(), role)?;
+        files::write_config_with(&self.settings(), role, self.boot().as_ref())?;
         self.remember_role(role);
         Ok(())
     }
@@ -96,11 +81,15 @@ impl Postgres {
     /// Write the config for `role`, start the postmaster detached from us, and wait until
     /// it accepts connections. On timeout postgres keeps running (it may be recovering).
     pub async fn start(&self, role: &ConfigRole, timeout: Duration) -> Result<u32> {
-        let s = self.settings();
+        let mut s = self.settings();
         if let Some(pid) = process::live_postmaster(&s.data_dir()) {
             return Err(PgError::AlreadyRunning { pid });
         }
-        files::write_config(&s, role)?;
+        let boot = self.boot();
+        if matches!(role, ConfigRole::Standby { .. }) || boot.is_some() {
+            s = with_pg_control_minimums(s).await;
+        }
+        files::write_config_with(&s, role, boot.as_ref())?;
         self.remember_role(role);
         let log = s.postmaster_log();
         let mut child = spawn_postmaster(&s, &log)?;
@@ -235,8 +224,12 @@ impl Postgres {
             return Err(PgError::DataDirNotEmpty(dd));
         }
         let opts = s.local.basebackup.clone().unwrap_or(Value::Null);
-        let mut args = conf::user_options("basebackup", &opts, BASEBACKUP_FORBIDDEN)
-            .map_err(PgError::BadOption)?;
+        let mut args = conf::user_options(
+            "basebackup",
+            &opts,
+            super::replica_methods::BASEBACKUP_NOT_ALLOWED,
+        )
+        .map_err(PgError::BadOption)?;
         if !args.iter().any(|a| a.starts_with("--checkpoint")) {
             args.push("--checkpoint=fast".into());
         }
@@ -266,6 +259,37 @@ impl Postgres {
         }
         res.map(|_| ())
     }
+}
+
+/// A server starting in recovery needs the hot-standby settings at least as high as the
+/// primary had them (pg_control); lower configured values are raised for this start and
+/// show up as pending restart, as upstream does.
+async fn with_pg_control_minimums(s: std::sync::Arc<PgSettings>) -> std::sync::Arc<PgSettings> {
+    let control = match controldata::read_map(&s).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot read pg_controldata before the start: {e}");
+            return s;
+        }
+    };
+    let raised = controldata::hot_standby_shortfalls(&s.server_parameters(), &control);
+    if raised.is_empty() {
+        return s;
+    }
+    let mut adjusted = (*s).clone();
+    for r in raised {
+        tracing::info!(
+            "{} value in pg_controldata: {}, in the global configuration: {}. \
+             pg_controldata value will be used. Setting 'Pending restart' flag",
+            r.name,
+            r.control,
+            r.configured
+        );
+        adjusted
+            .parameters
+            .insert(r.name.to_string(), r.control.to_string());
+    }
+    std::sync::Arc::new(adjusted)
 }
 
 fn spawn_postmaster(s: &PgSettings, log: &std::path::Path) -> Result<tokio::process::Child> {

@@ -6,9 +6,11 @@
 
 pub mod conf;
 pub mod controldata;
+pub mod custom_bootstrap;
 pub mod error;
 pub mod files;
 pub mod process;
+pub mod replica_methods;
 pub mod settings;
 pub mod sql;
 pub mod types;
@@ -43,6 +45,8 @@ pub struct Postgres {
     /// The role the config files were last written for, so a settings change can rewrite
     /// them without changing what the server is (a standby stays a standby).
     last_role: RwLock<Option<ConfigRole>>,
+    /// A custom bootstrap's restored data is recovering: how its files are written.
+    boot: RwLock<Option<custom_bootstrap::BootstrapRecovery>>,
 }
 
 impl Postgres {
@@ -51,7 +55,16 @@ impl Postgres {
             settings: RwLock::new(Arc::new(cfg)),
             conn: tokio::sync::Mutex::new(None),
             last_role: RwLock::new(None),
+            boot: RwLock::new(None),
         }
+    }
+
+    fn set_boot(&self, boot: Option<custom_bootstrap::BootstrapRecovery>) {
+        *self.boot.write().unwrap_or_else(|e| e.into_inner()) = boot;
+    }
+
+    fn boot(&self) -> Option<custom_bootstrap::BootstrapRecovery> {
+        self.boot.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A snapshot of the current settings.

@@ -46,7 +46,7 @@ impl Postgres {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let role = remembered.unwrap_or_else(|| self.role_from_files());
-        files::write_config(&self.settings(), &role)?;
+        files::write_config_with(&self.settings(), &role, self.boot().as_ref())?;
         self.reload()?;
         Ok(Reconfigured::Reloaded)
     }

@@ -37,6 +37,8 @@ pub struct StandbyClusterSettings {
     pub primary_slot_name: Option<String>,
     /// restore_command, archive_cleanup_command, recovery_min_apply_delay when set.
     pub recovery: BTreeMap<String, String>,
+    /// The section's own `create_replica_methods` (empty: the local list).
+    pub create_replica_methods: Vec<String>,
 }
 
 /// Where to reach a server and as whom.

@@ -391,6 +391,9 @@ impl Runtime {
                 self.dynamic.ignore_slots.as_ref(),
                 &self.dynamic.member_slots_ttl,
             ),
+            clone_without_leader: crate::postgres::replica_methods::any_works_without_leader(
+                pgc, None,
+            ),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod kube;
 pub mod mixed;
 pub mod netns;
 pub mod postgres;
+pub mod standalone;
 pub mod zookeeper;
 
 use std::net::TcpListener;
