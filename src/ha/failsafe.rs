@@ -40,11 +40,27 @@ pub struct FailsafeContact {
     pub age_ms: u64,
 }
 
-/// Failsafe inputs of one cycle (both empty unless failsafe mode is on).
+/// Failsafe inputs of one cycle.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FailsafeInput {
     pub round: Option<FailsafeRound>,
     pub contact: Option<FailsafeContact>,
+    /// How long ago (ms) a DCS read last showed a leader key, counted from when that read
+    /// started; `None` when no read has shown one since the daemon started. A contact
+    /// older than that was superseded by the DCS: the outage it was sent in has ended.
+    pub leader_seen_age_ms: Option<u64>,
+}
+
+impl FailsafeInput {
+    /// The contact from a primary that still speaks for the cluster: from another member,
+    /// younger than `ttl_ms`, and sent after the DCS last showed a leader.
+    fn live_contact(&self, me: &str, ttl_ms: u64) -> Option<&FailsafeContact> {
+        self.contact.as_ref().filter(|c| {
+            c.leader != me
+                && c.age_ms < ttl_ms
+                && self.leader_seen_age_ms.is_none_or(|seen| c.age_ms < seen)
+        })
+    }
 }
 
 /// Whether the runtime should run a POST /failsafe round this cycle: the DCS is
@@ -122,16 +138,16 @@ fn round_verdict(round: Option<&FailsafeRound>) -> Result<String, String> {
 }
 
 /// Nobody holds the leader key and failsafe mode is on: a replica does not race while a
-/// primary told it via POST /failsafe (within ttl) that it is still running, nor when it is
-/// missing from the `failsafe` key.
+/// primary told it via POST /failsafe (within ttl, and since the DCS last showed a leader)
+/// that it is still running, nor when it is missing from the `failsafe` key.
 pub(super) fn blocks_race(obs: &Observation, cluster: &Cluster) -> Option<Decision> {
     if !obs.config.failsafe_mode || !obs.pg.sql.as_ref().is_some_and(|s| s.in_recovery) {
         return None;
     }
     let me = obs.config.name.as_str();
     let ttl_ms = obs.config.ttl.saturating_mul(1000);
-    let why = match &obs.failsafe.contact {
-        Some(c) if c.age_ms < ttl_ms && c.leader != me => format!(
+    let why = match obs.failsafe.live_contact(me, ttl_ms) {
+        Some(c) => format!(
             "primary {} contacted me through POST /failsafe {} ms ago and is still running",
             c.leader, c.age_ms
         ),

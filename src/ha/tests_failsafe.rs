@@ -163,6 +163,40 @@ fn replica_does_not_race_while_primary_pings() {
 }
 
 #[test]
+fn a_ping_from_before_the_dcs_showed_a_leader_again_does_not_block_the_race() {
+    let contact = |age_ms| {
+        Some(FailsafeContact {
+            leader: "pg1".into(),
+            age_ms,
+        })
+    };
+    let races = |d: &Decision| {
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::AcquireLock { .. }))
+    };
+    // The outage ended, the DCS showed a leader 3 s ago, the ping came 8 s ago (sent
+    // during the outage): the leader released the key since, so the race runs.
+    let mut o = unlocked_replica(contact(8_000), true);
+    o.failsafe.leader_seen_age_ms = Some(3_000);
+    let d = run(&o);
+    assert!(races(&d), "{d:#?}");
+    assert!(!d.message.contains("contacted me"), "{}", d.message);
+
+    // A ping sent after the last sighting of a leader (a new outage) still blocks it.
+    let mut o = unlocked_replica(contact(2_000), true);
+    o.failsafe.leader_seen_age_ms = Some(3_000);
+    let d = run(&o);
+    assert!(!races(&d), "{d:#?}");
+    assert!(d.message.contains("pg1 contacted me"), "{}", d.message);
+
+    // No leader seen since this daemon started: a fresh ping counts.
+    let mut o = unlocked_replica(contact(8_000), true);
+    o.failsafe.leader_seen_age_ms = None;
+    assert!(!races(&run(&o)));
+}
+
+#[test]
 fn member_missing_from_failsafe_key_does_not_race() {
     let d = run(&unlocked_replica(None, false));
     assert!(d.actions.is_empty(), "{d:#?}");

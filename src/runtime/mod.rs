@@ -43,6 +43,8 @@ pub struct Runtime {
     http: reqwest::Client,
     /// The last POST /failsafe received from a primary.
     failsafe_contact: Option<safety::ReceivedContact>,
+    /// When the last DCS read that showed a leader key started.
+    leader_seen_at: Option<Instant>,
     /// The self-fencing process (see `fence.rs`), when enabled.
     fence: Option<crate::fence::Fence>,
     watchdog: crate::watchdog::Watchdog,
@@ -85,6 +87,7 @@ impl Runtime {
             dynamic,
             started: Instant::now(),
             failsafe_contact: None,
+            leader_seen_at: None,
             fence: None,
             watchdog,
             watchdog_failed: false,
@@ -195,8 +198,12 @@ impl Runtime {
         }
         let cycle_boot_ms = crate::fence::boottime_ms();
         let retry = Duration::from_secs(self.dynamic.retry_timeout.max(1));
+        let read_started = Instant::now();
         let dcs_view = match tokio::time::timeout(retry, self.dcs.get_cluster()).await {
             Ok(Ok(c)) => {
+                if c.leader.is_some() {
+                    self.leader_seen_at = Some(read_started);
+                }
                 for w in &c.parse_warnings {
                     warn!("ignoring an unreadable DCS value: {w}");
                 }
@@ -225,7 +232,7 @@ impl Runtime {
             peers: vec![],
             failsafe: Default::default(),
         };
-        obs.failsafe.contact = self.failsafe_contact();
+        obs.failsafe = self.failsafe_input();
         if ha::failsafe::needs_round(&obs) {
             obs.failsafe.round = Some(self.failsafe_round().await);
         }

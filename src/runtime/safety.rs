@@ -3,7 +3,7 @@
 
 use super::Runtime;
 use crate::dcs::Role;
-use crate::ha::{FailsafeAnswer, FailsafeContact, FailsafeRound, Observation};
+use crate::ha::{FailsafeAnswer, FailsafeContact, FailsafeInput, FailsafeRound, Observation};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -15,12 +15,19 @@ pub struct ReceivedContact {
 }
 
 impl Runtime {
-    /// The last contact, as the HA core sees it (age in ms).
-    pub(crate) fn failsafe_contact(&self) -> Option<FailsafeContact> {
-        self.failsafe_contact.as_ref().map(|c| FailsafeContact {
-            leader: c.leader.clone(),
-            age_ms: c.at.elapsed().as_millis() as u64,
-        })
+    /// The last contact and the last sighting of a leader in the DCS, as the HA core sees
+    /// them (ages in ms, from one clock reading so they compare).
+    pub(crate) fn failsafe_input(&self) -> FailsafeInput {
+        let now = Instant::now();
+        let age = |t: Instant| now.saturating_duration_since(t).as_millis() as u64;
+        FailsafeInput {
+            round: None,
+            contact: self.failsafe_contact.as_ref().map(|c| FailsafeContact {
+                leader: c.leader.clone(),
+                age_ms: age(c.at),
+            }),
+            leader_seen_age_ms: self.leader_seen_at.map(age),
+        }
     }
 
     /// POST /failsafe to every other member of the last known `failsafe` key, in parallel,
