@@ -295,7 +295,8 @@ pub async fn wait_port(port: u16, timeout: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// The same YAML for both implementations (upstream's keys only).
+/// The same YAML for both implementations (upstream's keys only; `allow_short_ttl` only when
+/// `p` is ours below upstream's floors).
 fn node_yaml(n: &Node, dir: &Path, etcd_port: u16, p: &Profile) -> String {
     format!(
         r#"scope: bench
@@ -311,7 +312,7 @@ bootstrap:
     ttl: {ttl}
     loop_wait: {lw}
     retry_timeout: {rt}
-    maximum_lag_on_failover: 1048576
+{short}    maximum_lag_on_failover: 1048576
     postgresql:
       use_pg_rewind: true
       use_slots: true
@@ -350,6 +351,11 @@ postgresql:
         ttl = p.ttl,
         lw = p.loop_wait,
         rt = p.retry_timeout,
+        short = if p.allow_short_ttl {
+            format!("    {}: true\n", patroni::config::ALLOW_SHORT_TTL)
+        } else {
+            String::new()
+        },
         data = n.data_dir.display(),
         dir = dir.display(),
     )

@@ -59,8 +59,9 @@ async fn run(opts: &Opts) -> Result<(), String> {
             }
             for imp in order {
                 let label = format!("{}-{}-run{}", p.name, imp.name(), run + 1);
-                eprintln!("== {label} ({})", p.describe());
-                let r = scenarios::one_run(opts, imp, p, &label).await;
+                let runs_at = p.for_impl(imp);
+                eprintln!("== {label} ({})", runs_at.describe_run());
+                let r = scenarios::one_run(opts, imp, &runs_at, &label).await;
                 pr.runs.entry(imp.name()).or_default().push(r);
             }
             write_partial(opts, &meta, &all, &pr)?;

@@ -1,13 +1,18 @@
 //! Command-line options (hand-parsed: a handful of `--key value` pairs).
+use patroni::config::{ALLOW_SHORT_TTL, DynamicConfig, UPSTREAM_FLOORS};
 use std::path::PathBuf;
 
-/// One timing setting, applied identically to both implementations via `bootstrap.dcs`.
+/// One timing setting, applied identically to both implementations via `bootstrap.dcs`,
+/// except below upstream's floors: there ours runs it with `allow_short_ttl: true` and
+/// upstream runs the timing it adjusts it to (its floors), see [`Profile::for_impl`].
 #[derive(Clone, Debug)]
 pub struct Profile {
     pub name: String,
     pub ttl: u64,
     pub loop_wait: u64,
     pub retry_timeout: u64,
+    /// Write `allow_short_ttl: true` into `bootstrap.dcs` (ours only).
+    pub allow_short_ttl: bool,
 }
 
 impl Profile {
@@ -18,6 +23,7 @@ impl Profile {
             ttl,
             loop_wait,
             retry_timeout,
+            allow_short_ttl: false,
         };
         match s {
             "fast" => return Ok(make("fast", 20, 2, 5)),
@@ -36,10 +42,68 @@ impl Profile {
         }
     }
 
-    pub fn describe(&self) -> String {
+    fn timing(&self) -> String {
         format!(
             "ttl {} / loop_wait {} / retry_timeout {}",
             self.ttl, self.loop_wait, self.retry_timeout
+        )
+    }
+
+    /// `true` when a value is below upstream's floors (the library's constants).
+    pub fn below_upstream_floors(&self) -> bool {
+        let f = UPSTREAM_FLOORS;
+        self.ttl < f.ttl || self.loop_wait < f.loop_wait || self.retry_timeout < f.retry_timeout
+    }
+
+    /// The timing `imp` actually runs. Ours: the profile, with `allow_short_ttl` when it is
+    /// below upstream's floors. Upstream: the profile as upstream adjusts it (raised to its
+    /// floors, then fitted to `loop_wait + 2*retry_timeout <= ttl`), written out explicitly.
+    pub fn for_impl(&self, imp: Impl) -> Profile {
+        let mut d = DynamicConfig {
+            ttl: self.ttl,
+            loop_wait: self.loop_wait,
+            retry_timeout: self.retry_timeout,
+            ..DynamicConfig::default()
+        };
+        let short = imp == Impl::Ours && self.below_upstream_floors();
+        d.allow_short_ttl = short;
+        d.enforce_timing();
+        Profile {
+            name: self.name.clone(),
+            ttl: d.ttl,
+            loop_wait: d.loop_wait,
+            retry_timeout: d.retry_timeout,
+            allow_short_ttl: short,
+        }
+    }
+
+    /// The timing of one run (a profile already adjusted by [`Profile::for_impl`]).
+    pub fn describe_run(&self) -> String {
+        let short = if self.allow_short_ttl {
+            format!(" with {ALLOW_SHORT_TTL}")
+        } else {
+            String::new()
+        };
+        format!("{}{short}", self.timing())
+    }
+
+    /// The profile for a heading: one timing, or what each implementation runs.
+    pub fn describe(&self) -> String {
+        let (ours, up) = (self.for_impl(Impl::Ours), self.for_impl(Impl::Upstream));
+        let short = if ours.allow_short_ttl {
+            format!(" with {ALLOW_SHORT_TTL}")
+        } else {
+            String::new()
+        };
+        if (ours.ttl, ours.loop_wait, ours.retry_timeout)
+            == (up.ttl, up.loop_wait, up.retry_timeout)
+        {
+            return format!("{}{short}", ours.timing());
+        }
+        format!(
+            "ours {}{short}; upstream refuses that and is raised to its floor: {}",
+            ours.timing(),
+            up.timing()
         )
     }
 }
@@ -155,5 +219,44 @@ fn parse_impl(s: &str) -> Result<Impl, String> {
         "ours" => Ok(Impl::Ours),
         "upstream" => Ok(Impl::Upstream),
         _ => Err(format!("unknown implementation '{s}' (ours, upstream)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_profile_runs_short_for_ours_and_at_the_floor_for_upstream() {
+        let p = Profile::parse("quick=6/1/2").unwrap();
+        let ours = p.for_impl(Impl::Ours);
+        let up = p.for_impl(Impl::Upstream);
+        assert_eq!((ours.ttl, ours.loop_wait, ours.retry_timeout), (6, 1, 2));
+        assert!(ours.allow_short_ttl);
+        assert_eq!((up.ttl, up.loop_wait, up.retry_timeout), (20, 1, 3));
+        assert!(!up.allow_short_ttl);
+        assert_eq!(
+            p.describe(),
+            "ours ttl 6 / loop_wait 1 / retry_timeout 2 with allow_short_ttl; upstream refuses \
+             that and is raised to its floor: ttl 20 / loop_wait 1 / retry_timeout 3"
+        );
+    }
+
+    #[test]
+    fn profiles_at_or_above_the_floors_are_the_same_for_both() {
+        for name in ["fast", "default"] {
+            let p = Profile::parse(name).unwrap();
+            let (o, u) = (p.for_impl(Impl::Ours), p.for_impl(Impl::Upstream));
+            assert_eq!(
+                (o.ttl, o.loop_wait, o.retry_timeout),
+                (p.ttl, p.loop_wait, p.retry_timeout)
+            );
+            assert_eq!(
+                (u.ttl, u.loop_wait, u.retry_timeout),
+                (p.ttl, p.loop_wait, p.retry_timeout)
+            );
+            assert!(!o.allow_short_ttl && !u.allow_short_ttl);
+            assert!(!p.describe().contains("upstream"), "{}", p.describe());
+        }
     }
 }

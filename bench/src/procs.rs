@@ -208,7 +208,7 @@ pub fn daemon_tree(root: i32) -> Vec<Stat> {
     out
 }
 
-fn rss_kib(pid: i32) -> u64 {
+pub fn rss_kib(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -220,9 +220,15 @@ impl ProfileResults {
             .iter()
             .map(|(k, v)| (k.to_string(), v.iter().map(RunResult::to_json).collect()))
             .collect();
+        let ran = |imp| {
+            let t = self.profile.for_impl(imp);
+            json!({"ttl": t.ttl, "loop_wait": t.loop_wait, "retry_timeout": t.retry_timeout,
+                   "allow_short_ttl": t.allow_short_ttl})
+        };
         json!({
             "timing": {"ttl": self.profile.ttl, "loop_wait": self.profile.loop_wait,
                        "retry_timeout": self.profile.retry_timeout},
+            "timing_run": {"ours": ran(Impl::Ours), "upstream": ran(Impl::Upstream)},
             "summary": summary, "ratio_ours_to_upstream": ratios, "runs": runs,
         })
     }

@@ -81,9 +81,12 @@ async fn footprint(opts: &Opts, c: &Cluster, r: &mut RunResult) -> Result<(), St
     let before: Vec<u64> = pids.iter().map(|&p| procs::footprint(p).1).collect();
     let start = Instant::now();
     let mut rss_max = vec![0u64; pids.len()];
+    // The daemon's own process alone (without helpers such as our fencer), for the JSON.
+    let mut own_max = vec![0u64; pids.len()];
     while start.elapsed() < Duration::from_secs(opts.idle_secs) {
-        for (m, &p) in rss_max.iter_mut().zip(&pids) {
+        for ((m, o), &p) in rss_max.iter_mut().zip(own_max.iter_mut()).zip(&pids) {
             *m = (*m).max(procs::footprint(p).0);
+            *o = (*o).max(procs::rss_kib(p));
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
@@ -101,6 +104,9 @@ async fn footprint(opts: &Opts, c: &Cluster, r: &mut RunResult) -> Result<(), St
     r.set("rss_mib", mean(&rss));
     r.set("cpu_s_per_idle_min", mean(&cpu));
     r.extra.insert("rss_mib_per_node".into(), json!(rss));
+    let own: Vec<f64> = own_max.iter().map(|k| *k as f64 / 1024.0).collect();
+    r.extra
+        .insert("rss_mib_main_process_per_node".into(), json!(own));
     r.extra
         .insert("cpu_s_per_idle_min_per_node".into(), json!(cpu));
     Ok(())
@@ -286,10 +292,48 @@ async fn node_crash(c: &mut Cluster, p: &Profile, r: &mut RunResult) -> Result<(
     let leader = c.wait_healthy(event_timeout(p)).await?;
     let others: Vec<usize> = c.alive().filter(|&i| i != leader).collect();
     let w = loaded(c, 3_000_000).await?;
+    // The kill must land at a random point of the leader's loop: what a node crash costs
+    // depends on how long ago the leader last renewed its lease. Without this the kill came
+    // at fixed delays after the postmaster-crash step, which restarts our loop's cadence but
+    // not upstream's, and so biased the figure. A uniform delay over two loop periods makes
+    // the phase (nearly) uniform for both, even when a cycle takes longer than loop_wait.
+    let delay = random_unit() * 2.0 * p.loop_wait as f64;
+    r.extra.insert("failover_kill_delay_s".into(), json!(delay));
+    tokio::time::sleep(Duration::from_secs_f64(delay)).await;
     let t0 = c.now();
     c.kill_node(leader);
     let (_, at) = wait_new_primary(c, &others, event_timeout(p)).await?;
     r.set("failover_new_primary_s", at - t0);
     w.wait_ack_after(at, event_timeout(p)).await?;
     finish(c, w, t0, "failover", r).await
+}
+
+/// A uniform random number in [0, 1) from the kernel (no seed to get wrong, no crate).
+fn random_unit() -> f64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+        // Fallback: the sub-second part of the clock is as good as random at this scale.
+        Err(_) => {
+            let ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            f64::from(ns) / 1e9
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_unit_is_in_range_and_varies() {
+        let xs: Vec<f64> = (0..64).map(|_| super::random_unit()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)), "{xs:?}");
+        assert!(
+            xs.iter().any(|x| *x < 0.5) && xs.iter().any(|x| *x >= 0.5),
+            "{xs:?}"
+        );
+    }
 }
