@@ -9,6 +9,7 @@ pub mod dcs;
 pub mod executor;
 pub mod fence;
 pub mod ha;
+mod jobs;
 pub mod postgres;
 pub mod reload;
 pub mod runtime;

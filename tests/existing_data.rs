@@ -22,6 +22,7 @@ const USERS: &str = "ALTER USER postgres WITH ENCRYPTED PASSWORD 'patroni'; \
 #[test]
 fn a_running_standalone_is_adopted_cloned_and_restarted_by_the_daemon() {
     let _s = serial();
+    let started = std::time::Instant::now();
     let mut c = Cluster::new(2, &FAST);
     // The standalone server lives where pg0's configuration says its data directory is,
     // with initdb's defaults (max_connections 100, above the cluster's 50).
@@ -104,4 +105,5 @@ fn a_running_standalone_is_adopted_cloned_and_restarted_by_the_daemon() {
                 .filter(|n| n == "1001")
         },
     );
+    eprintln!("scenario took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -34,6 +34,7 @@ fn lines(path: &Path) -> Vec<String> {
 #[test]
 fn custom_replica_methods_get_their_options_and_fall_back_through_the_list() {
     let _s = serial();
+    let started = std::time::Instant::now();
     let mut c = Cluster::new(2, &FAST);
     let argv_file = c.dir.join("broken-argv");
     let broken = script(
@@ -96,11 +97,13 @@ fn custom_replica_methods_get_their_options_and_fall_back_through_the_list() {
             && log.contains("replica has been created using clone"),
         "{log}"
     );
+    eprintln!("scenario took {:.1} s", started.elapsed().as_secs_f64());
 }
 
 #[test]
 fn custom_bootstrap_restores_a_basebackup_tar_and_recovers_with_recovery_conf() {
     let _s = serial();
+    let started = std::time::Instant::now();
     let mut c = Cluster::new(1, &FAST);
     // A throwaway server that archives its WAL; a tar base backup of it; one more row
     // that only the archive holds.
@@ -196,4 +199,5 @@ fn custom_bootstrap_restores_a_basebackup_tar_and_recovers_with_recovery_conf() 
     );
     let hba = std::fs::read_to_string(dd.join("pg_hba.conf")).unwrap();
     assert!(!hba.contains("trust"), "{hba}");
+    eprintln!("scenario took {:.1} s", started.elapsed().as_secs_f64());
 }

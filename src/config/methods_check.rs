@@ -62,7 +62,7 @@ fn check_method_section(section: &Value, path: &str, out: &mut Vec<ConfigIssue>)
         return;
     };
     if let Some(c) = m.get("command")
-        && !c.as_str().is_some_and(|c| !c.trim().is_empty())
+        && c.as_str().is_none_or(|c| c.trim().is_empty())
     {
         issue(
             out,

@@ -4,7 +4,6 @@
 //! itself, and only then becomes the new cluster's primary, as upstream does.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -171,13 +170,7 @@ impl Postgres {
             PgError::BadOption(format!("bootstrap.{}.command is empty", cb.method))
         })?;
         tracing::info!("running custom bootstrap script: {}", cb.command);
-        // A relative path is relative to our working directory, not the child's.
-        let program: PathBuf = if program.contains('/') {
-            std::path::absolute(program).unwrap_or_else(|_| program.into())
-        } else {
-            program.into()
-        };
-        let mut cmd = command_path(&s, &program);
+        let mut cmd = command_path(&s, &super::replica_methods::program_path(program));
         cmd.args(args);
         run(cmd, "custom bootstrap script", super::lifecycle::LONG_JOB).await?;
         // A trigger file left by the backup would promote before recovery is done.

@@ -4,7 +4,7 @@
 //! (`postgresql.<name>`) with the section's other keys as `--key=value`, followed by
 //! `--scope --role=replica --datadir --connstring` unless `no_params` is set.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -152,6 +152,16 @@ impl CustomMethod {
     }
 }
 
+/// A relative path is relative to our working directory, not the child's (which may be
+/// `/` when it runs as another user); a bare name is looked up in PATH.
+pub fn program_path(program: &str) -> PathBuf {
+    if program.contains('/') {
+        std::path::absolute(program).unwrap_or_else(|_| program.into())
+    } else {
+        program.into()
+    }
+}
+
 /// YAML truthiness of a flag (`1`, `true`, `"on"`...).
 fn truthy(v: &Value) -> bool {
     match v {
@@ -253,7 +263,7 @@ impl Postgres {
             )));
         };
         tracing::info!("running replica method {}: {}", m.name, argv.join(" "));
-        let mut cmd = command_path(&s, Path::new(program));
+        let mut cmd = command_path(&s, &program_path(program));
         cmd.args(args).env("PGPASSFILE", s.pgpass_path());
         run(cmd, &m.name, super::lifecycle::LONG_JOB)
             .await
