@@ -47,7 +47,7 @@ fn primary_start_timeout_zero_fails_over_instead_of_restarting_a_crashed_primary
     )
     .unwrap();
     eventually(Duration::from_secs(60), "pg1 promoted", || {
-        (in_recovery(&c, 1)? == false).then_some(())
+        (!in_recovery(&c, 1)?).then_some(())
     });
     eprintln!("pg1 promoted {:?} after the crash", t0.elapsed());
     assert_eq!(c.wait_primary(Duration::from_secs(30)), 1);
@@ -102,7 +102,7 @@ fn check_timeline_keeps_a_replica_on_an_old_timeline_from_taking_over() {
     );
     assert_eq!(code, 200, "{body}");
     eventually(Duration::from_secs(60), "pg1 promoted", || {
-        (in_recovery(&c, 1)? == false).then_some(())
+        (!in_recovery(&c, 1)?).then_some(())
     });
 }
 
@@ -153,7 +153,9 @@ fn a_scheduled_restart_and_a_scheduled_switchover_survive_a_daemon_restart() {
         "POST",
         c.nodes[0].api_port,
         "/switchover",
-        Some(&json!({"leader": "pg0", "candidate": "pg1", "scheduled_at": switchover_at.to_rfc3339()})),
+        Some(
+            &json!({"leader": "pg0", "candidate": "pg1", "scheduled_at": switchover_at.to_rfc3339()}),
+        ),
     );
     assert_eq!(code, 202, "{body}");
     let started_before = postmaster_start(&c, 1).expect("pg1 start time");
@@ -164,7 +166,11 @@ fn a_scheduled_restart_and_a_scheduled_switchover_survive_a_daemon_restart() {
     c.start(1);
     eventually(Duration::from_secs(30), "pg1 shows the schedule", || {
         let s = c.patroni(1)?;
-        let at = s.get("scheduled_restart")?.get("schedule")?.as_str()?.to_string();
+        let at = s
+            .get("scheduled_restart")?
+            .get("schedule")?
+            .as_str()?
+            .to_string();
         let at = DateTime::parse_from_rfc3339(&at).ok()?;
         (at.timestamp() == restart_at.timestamp()).then_some(())
     });
@@ -187,7 +193,10 @@ fn a_scheduled_restart_and_a_scheduled_switchover_survive_a_daemon_restart() {
     // The switchover too: pg0 stops answering no earlier than scheduled.
     let stopped = stopped_answering(&c, 0, Duration::from_secs(60));
     eprintln!("switchover scheduled at {switchover_at}, pg0 stopped answering at {stopped}");
-    assert!(stopped >= switchover_at, "switchover fired early: {stopped}");
+    assert!(
+        stopped >= switchover_at,
+        "switchover fired early: {stopped}"
+    );
     assert_eq!(c.wait_primary(Duration::from_secs(60)), 1);
     eventually(Duration::from_secs(120), "pg0 streams from pg1", || {
         c.is_streaming(0).then_some(())
