@@ -222,11 +222,7 @@ fn sync_standby_and_dynamic_config_across_kinds() {
 
 /// Inserts into `t` on `port` every 200 ms for `dur`, each with a fresh id; returns the
 /// acknowledged ids and the failures (when, why).
-fn write_for(
-    port: u16,
-    dur: Duration,
-    id: &mut i64,
-) -> (Vec<i64>, Vec<(Duration, String)>) {
+fn write_for(port: u16, dur: Duration, id: &mut i64) -> (Vec<i64>, Vec<(Duration, String)>) {
     let t0 = Instant::now();
     let (mut acked, mut failed) = (vec![], vec![]);
     while t0.elapsed() < dur {
@@ -328,12 +324,16 @@ fn failsafe_mode_across_kinds() {
     let etcd_back = Instant::now();
     // Once our pg1 has seen pg0's leader key again, pg0's pings from the outage (still
     // younger than ttl) must not hold back pg1 as a switchover candidate.
-    let seen = eventually(Duration::from_secs(60), "ours pg1 follows pg0 again", || {
-        let log = m.c.log_of(1);
-        log[from..]
-            .find("following a leader (pg0)")
-            .map(|at| from + at)
-    });
+    let seen = eventually(
+        Duration::from_secs(60),
+        "ours pg1 follows pg0 again",
+        || {
+            let log = m.c.log_of(1);
+            log[from..]
+                .find("following a leader (pg0)")
+                .map(|at| from + at)
+        },
+    );
     let body = serde_json::json!({"leader": "pg0", "candidate": "pg1"});
     // Upstream answers POST /switchover when the switchover is over.
     let (asked, took) = eventually(Duration::from_secs(60), "switchover done", || {
@@ -397,8 +397,6 @@ fn failsafe_mode_across_kinds() {
         "ours pg1 did not get upstream pg0's answer to POST /failsafe"
     );
     eventually(Duration::from_secs(10), "the reason in our log", || {
-        m.c.log_of(1)
-            .contains("pg2 did not answer")
-            .then_some(())
+        m.c.log_of(1).contains("pg2 did not answer").then_some(())
     });
 }
