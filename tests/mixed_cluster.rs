@@ -4,8 +4,8 @@
 //! Run under the machine's cluster lock: `PATRONI_TEST_LOCK=/tmp/patroni-tests.lock cargo test --test mixed_cluster`.
 mod support;
 
-use std::time::Duration;
-use support::cluster::psql;
+use std::time::{Duration, Instant};
+use support::cluster::{FAST, http, http_get_json, psql, psql_within};
 use support::ctl::theirs;
 use support::eventually;
 use support::mixed::{Kind, MixedCluster};
@@ -218,4 +218,185 @@ fn sync_standby_and_dynamic_config_across_kinds() {
         );
     }
     m.check("after the dynamic config change");
+}
+
+/// Inserts into `t` on `port` every 200 ms for `dur`, each with a fresh id; returns the
+/// acknowledged ids and the failures (when, why).
+fn write_for(port: u16, dur: Duration, id: &mut i64) -> (Vec<i64>, Vec<(Duration, String)>) {
+    let t0 = Instant::now();
+    let (mut acked, mut failed) = (vec![], vec![]);
+    while t0.elapsed() < dur {
+        *id += 1;
+        match psql_within(
+            port,
+            &format!("INSERT INTO t VALUES ({id})"),
+            Duration::from_secs(3),
+        ) {
+            Ok(_) => acked.push(*id),
+            Err(e) => failed.push((t0.elapsed(), e)),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (acked, failed)
+}
+
+/// No node runs as a primary (checked on each PostgreSQL that answers).
+fn no_primary(m: &MixedCluster, step: &str) {
+    for i in 0..m.kinds.len() {
+        let r = psql(m.c.nodes[i].pg_port, "SELECT pg_is_in_recovery()");
+        assert_ne!(
+            r.as_deref(),
+            Ok("f"),
+            "{step}: {} ({:?}) runs as a primary without the DCS",
+            m.name(i),
+            m.kinds[i]
+        );
+    }
+}
+
+/// etcd down for `OUTAGE` with leader `p` writing: every write is accepted, no replica of
+/// either kind promotes.
+fn outage_keeps_leader(m: &mut MixedCluster, p: usize, id: &mut i64, step: &str) {
+    const OUTAGE: Duration = Duration::from_secs(30);
+    m.c.etcd.stop();
+    let (acked, failed) = write_for(m.c.nodes[p].pg_port, OUTAGE, id);
+    println!(
+        "FIGURE failsafe across kinds, {step}: {}/{} writes accepted on {} ({:?}) during {OUTAGE:?} of etcd outage (ttl {})",
+        acked.len(),
+        acked.len() + failed.len(),
+        m.name(p),
+        m.kinds[p],
+        FAST.ttl
+    );
+    assert!(failed.is_empty(), "{step}: writes refused: {failed:?}");
+    no_primary_but(m, p, step);
+    m.acked.extend(acked);
+}
+
+fn no_primary_but(m: &MixedCluster, p: usize, step: &str) {
+    for i in (0..m.kinds.len()).filter(|&i| i != p) {
+        assert_eq!(
+            psql(m.c.nodes[i].pg_port, "SELECT pg_is_in_recovery()").as_deref(),
+            Ok("t"),
+            "{step}: {} ({:?}) promoted without the DCS",
+            m.name(i),
+            m.kinds[i]
+        );
+    }
+}
+
+/// failsafe_mode with both kinds answering each other's POST /failsafe: an upstream leader
+/// and then ours keep accepting writes through an etcd outage longer than ttl; a switchover
+/// right after the outage is not held up by the old leader's outage-time pings; when an
+/// upstream member's daemon dies during an outage our leader stops accepting writes, and
+/// nobody promotes without the DCS.
+#[test]
+fn failsafe_mode_across_kinds() {
+    let _s = support::serial();
+    let mut m = MixedCluster::new(&[Upstream, Ours, Upstream], |_, _| {});
+    m.bootstrap();
+    let (code, body) = http(
+        "PATCH",
+        m.c.nodes[0].api_port,
+        "/config",
+        Some(&serde_json::json!({"failsafe_mode": true})),
+    );
+    assert_eq!(code, 200, "{body}");
+    // Both kinds serve the same `failsafe` key (written by the upstream leader).
+    let key = eventually(Duration::from_secs(60), "failsafe key, 3 members", || {
+        let (s, v) = http_get_json(m.c.nodes[0].api_port, "/failsafe")?;
+        (s == 200 && v.as_object()?.len() == 3).then_some(v)
+    });
+    eventually(Duration::from_secs(60), "ours serves the same key", || {
+        let (s, v) = http_get_json(m.c.nodes[1].api_port, "/failsafe")?;
+        (s == 200 && v == key).then_some(())
+    });
+    let mut id = 1_000_000;
+
+    // Upstream leader, replicas of both kinds.
+    outage_keeps_leader(&mut m, 0, &mut id, "upstream leader pg0");
+    assert!(
+        m.c.log_of(0).contains("Got response from pg1"),
+        "upstream pg0 did not get our pg1's answer to POST /failsafe"
+    );
+    let from = m.c.log_of(1).len();
+    m.c.etcd.restart();
+    let etcd_back = Instant::now();
+    // Once our pg1 has seen pg0's leader key again, pg0's pings from the outage (still
+    // younger than ttl) must not hold back pg1 as a switchover candidate.
+    let seen = eventually(
+        Duration::from_secs(60),
+        "ours pg1 follows pg0 again",
+        || {
+            let log = m.c.log_of(1);
+            log[from..]
+                .find("following a leader (pg0)")
+                .map(|at| from + at)
+        },
+    );
+    let body = serde_json::json!({"leader": "pg0", "candidate": "pg1"});
+    // Upstream answers POST /switchover when the switchover is over.
+    let (asked, took) = eventually(Duration::from_secs(60), "switchover done", || {
+        let t = Instant::now();
+        let (code, _) = http("POST", m.c.nodes[0].api_port, "/switchover", Some(&body));
+        (code == 200).then(|| (t, t.elapsed()))
+    });
+    eventually(Duration::from_secs(60), "ours pg1 leads", || {
+        (m.c.primary() == Some(1)).then_some(())
+    });
+    println!(
+        "FIGURE failsafe across kinds: switchover upstream pg0 -> ours pg1, {:.1} s after etcd came back, took {took:?}",
+        (asked - etcd_back).as_secs_f64()
+    );
+    let after = m.c.log_of(1)[seen..].to_string();
+    assert!(
+        !after.contains("contacted me through POST /failsafe"),
+        "the candidate honoured the old leader's outage-time ping: {after}"
+    );
+    assert!(
+        took < Duration::from_secs(FAST.ttl),
+        "the switchover took {took:?}"
+    );
+    m.check("switched over to ours after the outage");
+
+    // Our leader, upstream replicas.
+    outage_keeps_leader(&mut m, 1, &mut id, "ours leader pg1");
+    // etcd still down: an upstream replica's daemon dies (its PostgreSQL keeps running).
+    m.c.kill_daemon(2, false);
+    let t = Instant::now();
+    let refusal = eventually(
+        Duration::from_secs(FAST.ttl + 10),
+        "our leader stops accepting writes",
+        || {
+            id += 1;
+            psql_within(
+                m.c.nodes[1].pg_port,
+                &format!("INSERT INTO t VALUES ({id})"),
+                Duration::from_secs(3),
+            )
+            .err()
+        },
+    );
+    let took = t.elapsed();
+    println!(
+        "FIGURE failsafe across kinds: ours pg1 stopped accepting writes {took:?} after upstream pg2's daemon died (etcd down, ttl {}, retry_timeout {}): {refusal}",
+        FAST.ttl, FAST.retry_timeout
+    );
+    assert!(
+        took < Duration::from_secs(FAST.ttl),
+        "our leader kept accepting writes for {took:?}"
+    );
+    // Past ttl since the last POST /failsafe: still nobody promotes without the DCS.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(FAST.ttl + 2) {
+        no_primary(&m, "after our leader demoted");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        m.c.log_of(1).contains("pg0 accepted"),
+        "ours pg1 did not get upstream pg0's answer to POST /failsafe"
+    );
+    eventually(Duration::from_secs(10), "the reason in our log", || {
+        m.c.log_of(1).contains("pg2 did not answer").then_some(())
+    });
 }
