@@ -11,6 +11,11 @@
 //!
 //! Lines on the pipe: `ARM <boottime ms>`, `DISARM`, `EXIT`. End of input (the daemon died)
 //! keeps the last deadline: a dead daemon refreshes nothing either.
+//!
+//! A daemon restarted after a crash (systemd `Restart=`) starts a fencer of its own. Once
+//! that one is armed (the new daemon refreshed the lease), it records its pid in a token
+//! file for the data directory, and an orphaned fencer waiting on the old deadline stands
+//! down instead of stopping a primary the new daemon now keeps leading.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -144,6 +149,8 @@ pub fn run_fencer(data_dir: &Path) -> i32 {
         }
         let _ = tx.send(None);
     });
+    let me = std::process::id();
+    let token = token_path(data_dir);
     let mut fire_at: Option<u64> = None;
     let mut daemon_gone = false;
     loop {
@@ -153,19 +160,29 @@ pub fn run_fencer(data_dir: &Path) -> i32 {
             None => std::time::Duration::from_secs(3600),
         };
         match rx.recv_timeout(wait) {
-            Ok(Some(FenceMsg::Arm(t))) => fire_at = Some(t),
+            Ok(Some(FenceMsg::Arm(t))) => {
+                if fire_at.is_none() {
+                    claim(&token, me);
+                }
+                fire_at = Some(t);
+            }
             Ok(Some(FenceMsg::Disarm)) => fire_at = None,
             Ok(Some(FenceMsg::Exit)) => return 0,
             Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 daemon_gone = true;
-                if fire_at.is_none() {
-                    return 0;
-                }
-                // Keep waiting for the deadline: nobody will refresh the lease any more.
-                if let Some(t) = fire_at {
-                    std::thread::sleep(std::time::Duration::from_millis(
-                        t.saturating_sub(boottime_ms()),
-                    ));
+                let Some(t) = fire_at else { return 0 };
+                // Keep waiting for the deadline (nobody refreshes the lease any more) unless
+                // a restarted daemon's armed fencer took over this data directory.
+                while boottime_ms() < t {
+                    if superseded(&token, me) {
+                        eprintln!(
+                            "fence: a restarted daemon's fencer took over {}; standing down",
+                            data_dir.display()
+                        );
+                        return 0;
+                    }
+                    let left = t.saturating_sub(boottime_ms()).min(200);
+                    std::thread::sleep(std::time::Duration::from_millis(left));
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -175,6 +192,41 @@ pub fn run_fencer(data_dir: &Path) -> i32 {
             fire_at = None;
         }
     }
+}
+
+/// The token file naming the fencer in charge of `data_dir` (outside the data directory,
+/// so pg_basebackup and pg_rewind never copy it).
+fn token_path(data_dir: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let name: String = abs
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::env::temp_dir().join(format!("patroni-fence{name}.pid"))
+}
+
+/// Record that fencer `pid` is armed for the data directory (write, then rename).
+fn claim(token: &Path, pid: u32) {
+    let tmp = token.with_extension(format!("{pid}.tmp"));
+    if let Err(e) = std::fs::write(&tmp, pid.to_string()).and_then(|_| std::fs::rename(&tmp, token))
+    {
+        eprintln!(
+            "fence: cannot record this fencer in {}: {e}",
+            token.display()
+        );
+    }
+}
+
+/// Another live fencer has been armed for the data directory since we were.
+fn superseded(token: &Path, me: u32) -> bool {
+    let Some(pid) = std::fs::read_to_string(token)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != me && Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Immediate shutdown of the postmaster owning `data_dir` (SIGQUIT).
@@ -212,6 +264,23 @@ mod tests {
         assert_eq!(parse_line("EXIT"), Some(FenceMsg::Exit));
         assert_eq!(parse_line("ARM x"), None);
         assert_eq!(parse_line("bogus"), None);
+    }
+
+    #[test]
+    fn an_armed_newer_fencer_supersedes_an_orphaned_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = token_path(dir.path());
+        let me = std::process::id();
+        assert!(!superseded(&token, me), "no token yet");
+        claim(&token, me);
+        assert!(!superseded(&token, me), "our own token");
+        // pid 1 is alive: a newer fencer claimed the data directory.
+        claim(&token, 1);
+        assert!(superseded(&token, me));
+        // A claim by a process that is gone does not count.
+        claim(&token, u32::MAX - 1);
+        assert!(!superseded(&token, me));
+        let _ = std::fs::remove_file(&token);
     }
 
     #[test]

@@ -300,3 +300,27 @@ fn frozen_primary_daemon_is_fenced_before_another_node_acknowledges_writes() {
         c.is_streaming(p).then_some(())
     });
 }
+
+/// A leader daemon killed -9 and restarted at once (as systemd would) keeps its primary: the
+/// new daemon's fencer takes over, and the orphaned one stands down instead of stopping a
+/// PostgreSQL the new daemon keeps leading.
+#[test]
+fn restarted_leader_daemon_is_not_fenced_by_the_orphaned_fencer() {
+    let _s = serial();
+    let mut c = healthy(2);
+    let p = c.wait_primary(Duration::from_secs(60));
+    let pm = c.postmaster_pid(p).expect("postmaster pid");
+    c.kill_daemon_alone(p);
+    c.start(p);
+    // Past the orphaned fencer's deadline (ttl - margin after the last refresh) and the ttl.
+    std::thread::sleep(Duration::from_secs(FAST.ttl + 3));
+    let mut id = 1_000;
+    write(&c, p, &mut id).expect("the primary still accepts writes");
+    assert_eq!(
+        c.postmaster_pid(p),
+        Some(pm),
+        "the postmaster was stopped:\n{}",
+        c.log_of(p)
+    );
+    assert_eq!(c.primary(), Some(p));
+}

@@ -197,6 +197,13 @@ impl Cluster {
         }
     }
 
+    /// kill -9 of the daemon process only; its fencing process and PostgreSQL live on.
+    pub fn kill_daemon_alone(&mut self, i: usize) {
+        if let Some(g) = self.nodes[i].daemon.take() {
+            g.kill9_alone();
+        }
+    }
+
     pub fn sigterm_daemon(&mut self, i: usize) {
         if let Some(g) = &self.nodes[i].daemon {
             g.signal(nix::sys::signal::Signal::SIGTERM);

@@ -115,6 +115,13 @@ impl ChildGuard {
         self.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
+    /// SIGKILL to this process alone (as systemd's `KillMode=process` or an OOM kill would):
+    /// the rest of its group (the fencing process) lives on and ends by itself.
+    pub fn kill9_alone(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
     /// Still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
