@@ -210,11 +210,16 @@ fn sync_standby_and_dynamic_config_across_kinds() {
             &format!("{name} pending restart"),
             || m.status(i)["pending_restart"].as_bool()?.then_some(()),
         );
-        let row = &m.list_rows()[&name];
-        assert!(
-            !matches!(&row["Pending restart"], serde_json::Value::Null)
-                && row["Pending restart"] != "",
-            "patronictl shows no pending restart for {name}: {row}"
+        // /patroni answers at once; the member key patronictl reads follows on the node's
+        // next loop (an upstream node writes it up to loop_wait later).
+        eventually(
+            Duration::from_secs(60),
+            &format!("patronictl shows a pending restart for {name}"),
+            || {
+                let row = m.list_rows()[&name].clone();
+                let pending = &row["Pending restart"];
+                (!matches!(pending, serde_json::Value::Null) && *pending != "").then_some(())
+            },
         );
     }
     m.check("after the dynamic config change");
