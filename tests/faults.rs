@@ -8,7 +8,8 @@
 //! synchronous mode, replicas converge.
 //!
 //! Run: `PATRONI_TEST_LOCK=/tmp/patroni-tests.lock cargo test --test faults -- --nocapture`
-//! (`FAULTS_ROUNDS=N` random rounds, default 2; `FAULTS_SEED`; `FAULTS_BUDGET_S`, default 300,
+//! (`FAULTS_ROUNDS=N` random rounds, default 2; `FAULTS_SEED`; `FAULTS_TIMING=quick` for the
+//! fast-failover profile ttl 6 / loop_wait 1 / retry_timeout 2; `FAULTS_BUDGET_S`, default 300,
 //! stops starting rounds after that many seconds; `FAULTS_MODE=proxy`). A long run:
 //! `FAULTS_ROUNDS=30 FAULTS_BUDGET_S=3600 FAULTS_SEED=7 cargo test --test faults sync_mode`.
 mod support;
@@ -17,12 +18,14 @@ use nix::sys::signal::Signal;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use support::eventually;
-use support::fault_cluster::{FaultCluster, LOOP_WAIT, TTL};
+use support::fault_cluster::{FaultCluster, timing};
 use support::fault_writers::{Ack, Writers, last_ack, lost, max_overlap};
 
 use support::serial;
 
-const TTL_D: Duration = Duration::from_secs(TTL);
+fn ttl_d() -> Duration {
+    Duration::from_secs(timing().ttl)
+}
 
 /// A scenario's time window and what it measured, for the summary and the checks.
 #[derive(Debug)]
@@ -87,7 +90,7 @@ fn partition(c: &FaultCluster) -> Outcome {
     std::thread::sleep(Duration::from_secs(2)); // writes flowing on the primary
     let fault_at = Instant::now();
     c.net.isolate(p);
-    let q = new_primary(c, p, TTL_D * 3);
+    let q = new_primary(c, p, ttl_d() * 3);
     eprintln!(
         "faults: partition: pg{p} cut off, pg{q} primary after {:.1}s",
         fault_at.elapsed().as_secs_f64()
@@ -114,9 +117,9 @@ fn sigstop(c: &FaultCluster) -> Outcome {
     std::thread::sleep(Duration::from_secs(2));
     let fault_at = Instant::now();
     c.signal_daemon(p, Signal::SIGSTOP);
-    let q = new_primary(c, p, TTL_D * 3);
+    let q = new_primary(c, p, ttl_d() * 3);
     // Longer than ttl in any case, and long enough to see what the stale primary does.
-    while fault_at.elapsed() < TTL_D + Duration::from_secs(5) {
+    while fault_at.elapsed() < ttl_d() + Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!(
@@ -144,7 +147,7 @@ fn etcd_down(c: &mut FaultCluster) -> Outcome {
     std::thread::sleep(Duration::from_secs(2));
     let fault_at = Instant::now();
     c.stop_etcd();
-    std::thread::sleep(TTL_D + Duration::from_secs(5));
+    std::thread::sleep(ttl_d() + Duration::from_secs(5));
     let healed_at = Instant::now();
     c.start_etcd();
     let (rejoined_after, rewound) = rejoin(c, p, healed_at);
@@ -195,7 +198,7 @@ fn report(acks: &[Ack], o: &Outcome, mode: &str) -> f64 {
 /// before it, so it cannot expire before fault + ttl - loop_wait.
 fn assert_within_lease(acks: &[Ack], o: &Outcome) {
     if let Some(t) = last_ack(acks, o.victim, o.fault_at, o.healed_at) {
-        let bound = Duration::from_secs(TTL - LOOP_WAIT);
+        let bound = Duration::from_secs(timing().ttl - timing().loop_wait);
         let took = t - o.fault_at;
         assert!(
             took < bound,
@@ -211,7 +214,7 @@ fn assert_within_lease(acks: &[Ack], o: &Outcome) {
 fn assert_prompt_demote(acks: &[Ack], o: &Outcome) {
     if let Some(t) = last_ack(acks, o.victim, o.healed_at, o.end) {
         let took = t - o.healed_at;
-        let bound = Duration::from_secs(LOOP_WAIT + 4);
+        let bound = Duration::from_secs(timing().loop_wait + 4);
         assert!(
             took < bound,
             "sigstop: pg{} still acknowledged writes {took:?} after SIGCONT",

@@ -10,11 +10,21 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// ttl 20 is upstream's floor (ours too without `allow_short_ttl`); loop_wait 1 and
-/// retry_timeout 3 make the cut-off primary give up as early as the rules allow.
-pub const TTL: u64 = 20;
-pub const LOOP_WAIT: u64 = 1;
-pub const RETRY_TIMEOUT: u64 = 3;
+/// The suite's timing. Default: ttl 20, upstream's floor (ours too without
+/// `allow_short_ttl`), with loop_wait 1 and retry_timeout 3 so the cut-off primary gives up
+/// as early as the rules allow. `FAULTS_TIMING=quick`: the fast-failover profile at its
+/// floors (ttl 6 / loop_wait 1 / retry_timeout 2), which this suite then validates.
+pub fn timing() -> super::cluster::Timing {
+    if std::env::var("FAULTS_TIMING").is_ok_and(|v| v == "quick") {
+        super::cluster::QUICK
+    } else {
+        super::cluster::Timing {
+            ttl: 20,
+            loop_wait: 1,
+            retry_timeout: 3,
+        }
+    }
+}
 
 pub struct FaultNode {
     pub name: String,
@@ -308,12 +318,7 @@ postgresql:
     unix_socket_directories: '{sock}'
     shared_buffers: 16MB
 "#,
-        timing = super::cluster::Timing {
-            ttl: TTL,
-            loop_wait: LOOP_WAIT,
-            retry_timeout: RETRY_TIMEOUT,
-        }
-        .dcs_yaml("    "),
+        timing = timing().dcs_yaml("    "),
         host = a.host,
         api = a.api_port,
         api_connect = a.api_connect,
