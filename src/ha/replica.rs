@@ -37,12 +37,9 @@ pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory
     }
     match cluster.leader_name() {
         Some(leader) if leader == me && super::standby::remote(obs).is_some() => {
+            // A former primary (demote-cluster) is checked against the remote first.
             let sc = super::standby::remote(obs).expect("checked");
-            if was_primary(&control) {
-                // demote-cluster while PostgreSQL was down: it comes back as the standby leader.
-                mem.divergence = None;
-            }
-            super::standby::start_standby_leader(obs, sc)
+            super::standby::start_standby_leader(obs, mem, sc, was_primary(&control))
         }
         Some(leader) if leader == me => {
             if was_primary(&control) {
