@@ -279,8 +279,25 @@ fn primary_stop_timeout_kills_a_primary_whose_shutdown_hangs() {
         psql(c.nodes[1].pg_port, "SELECT v FROM stop_t").unwrap(),
         "1"
     );
-    eventually(Duration::from_secs(120), "pg0 streams from pg1", || {
-        c.is_streaming(0).then_some(())
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !c.is_streaming(0) {
+        if Instant::now() > deadline {
+            let log = c.nodes[0].data_dir.join("log/postmaster.log");
+            eprintln!(
+                "pg0 postgres log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            let daemon = c.log_of(0);
+            let events: Vec<&str> = daemon
+                .lines()
+                .filter(|l| !l.contains("no action"))
+                .collect();
+            panic!(
+                "pg0 does not stream from pg1; daemon events:\n{}",
+                events.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     eprintln!("pg0 streaming again {:?} after the request", t0.elapsed());
 }

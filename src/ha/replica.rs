@@ -142,6 +142,9 @@ fn start_following(
         let src = cascade::stream_source(obs, cluster, &up.member);
         return start_standby(obs, cluster, src, "starting as a secondary".into());
     }
+    if let Some(d) = leader_not_promoted_yet(obs, cluster, &up) {
+        return d;
+    }
     let checked = mem
         .divergence
         .as_ref()
@@ -210,6 +213,31 @@ fn start_following(
             )
         }
     }
+}
+
+/// A leader that holds the key but still runs as a replica (a switchover candidate
+/// promoting) is on the old timeline: a divergence check now would find none and its
+/// answer would be stale once the promotion forks the timeline. Wait, as upstream does,
+/// until its member key says primary.
+fn leader_not_promoted_yet(
+    obs: &Observation,
+    cluster: &Cluster,
+    up: &UpstreamConn,
+) -> Option<Decision> {
+    let role = cluster.member(&up.member)?.data.role;
+    if !matches!(role, Role::Replica | Role::Demoted | Role::Promoted) {
+        return None;
+    }
+    Some(decision(
+        obs,
+        format!(
+            "waiting for leader '{}' to finish its promotion before checking whether my timeline diverged",
+            up.member
+        ),
+        vec![],
+        Role::Replica,
+        PgState::Stopped,
+    ))
 }
 
 fn start_standby(
