@@ -66,6 +66,7 @@ fn wait_row(port: u16, id: i64, what: &str) {
 #[test]
 fn standby_cluster_follows_the_primary_cluster_through_a_failover() {
     let _g = serial();
+    let began = std::time::Instant::now();
     let mut p = Cluster::new(2, &FAST);
     p.edit_all_configs(|v| {
         set_bootstrap_dcs(v, "slots", json!({"standby_slot": {"type": "physical"}}));
@@ -181,6 +182,7 @@ fn standby_cluster_follows_the_primary_cluster_through_a_failover() {
         "{}",
         s.log_of(other)
     );
+    eprintln!("scenario took {:?}", began.elapsed());
 }
 
 #[test]
