@@ -200,7 +200,7 @@ impl Executor {
                 None
             }
             Action::GracefulDemote => {
-                self.graceful_demote().await;
+                self.graceful_demote(obs).await;
                 self.callbacks
                     .fire(CallbackAction::OnStop, CallbackRole::Primary);
                 out.has_lock = false;
@@ -251,14 +251,16 @@ impl Executor {
             Action::Stop { mode } => {
                 // Every Stop is a demotion of a primary that may no longer lead: a fast
                 // shutdown waits for walsenders to dead standbys (tens of seconds), so it
-                // gets retry_timeout before pg.stop escalates to an immediate stop.
-                let timeout = match mode {
-                    crate::postgres::StopMode::Immediate => self.stop_timeout(),
-                    _ => self
-                        .stop_timeout()
-                        .min(Duration::from_secs(obs.config.retry_timeout.max(1))),
-                };
-                match self.pg.stop(*mode, timeout).await {
+                // gets retry_timeout before it escalates to an immediate stop, and
+                // primary_stop_timeout (synchronous mode) kills a primary's stop outright.
+                let primary = obs.pg.sql.as_ref().is_some_and(|s| !s.in_recovery);
+                let plan = crate::postgres::stop_plan::stop_plan(
+                    *mode,
+                    crate::postgres::stop_plan::StopReason::Demote,
+                    &self.stop_timeouts(obs),
+                    primary,
+                );
+                match self.pg.stop_planned(&plan).await {
                     Ok(_) if obs.pg.is_running() => self
                         .callbacks
                         .fire(CallbackAction::OnStop, observed_role(obs, &self.callbacks)),
@@ -462,17 +464,15 @@ impl Executor {
         }
     }
 
-    async fn graceful_demote(&self) {
-        if let Err(e) = self
-            .pg
-            .stop(crate::postgres::StopMode::Fast, self.stop_timeout())
-            .await
-        {
-            warn!("fast shutdown for the switchover failed ({e}); stopping immediately");
-            let _ = self
-                .pg
-                .stop(crate::postgres::StopMode::Immediate, self.stop_timeout())
-                .await;
+    async fn graceful_demote(&self, obs: &Observation) {
+        let plan = crate::postgres::stop_plan::stop_plan(
+            crate::postgres::StopMode::Fast,
+            crate::postgres::stop_plan::StopReason::Switchover,
+            &self.stop_timeouts(obs),
+            true,
+        );
+        if let Err(e) = self.pg.stop_planned(&plan).await {
+            warn!("stopping PostgreSQL for the switchover failed: {e}");
         }
         let optime = match self.pg.observe().await.data_dir {
             crate::postgres::types::DataDirState::Initialized(c) => Some(c.checkpoint_lsn),
@@ -509,6 +509,16 @@ impl Executor {
                 "copying logical slots {names:?} from '{}' failed: {e}",
                 from.member
             ),
+        }
+    }
+
+    fn stop_timeouts(&self, obs: &Observation) -> crate::postgres::stop_plan::StopTimeouts {
+        crate::postgres::stop_plan::StopTimeouts {
+            pg_ctl_timeout: self.local.postgresql.pg_ctl_timeout,
+            retry_timeout: obs.config.retry_timeout,
+            primary_stop_timeout: obs.config.lifecycle.primary_stop_timeout,
+            synchronous: obs.config.sync.enabled(),
+            standby_cluster: obs.config.standby_cluster.is_some(),
         }
     }
 

@@ -202,3 +202,104 @@ fn a_scheduled_restart_and_a_scheduled_switchover_survive_a_daemon_restart() {
         c.is_streaming(0).then_some(())
     });
 }
+
+/// SIGCONT on drop, so a process this test suspended never stays stopped.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+#[test]
+fn primary_stop_timeout_kills_a_primary_whose_shutdown_hangs() {
+    let _s = serial();
+    let began = Instant::now();
+    let mut c = Cluster::new(2, &FAST);
+    c.edit_all_configs(|y| {
+        y["bootstrap"]["dcs"]["synchronous_mode"] = true.into();
+        y["bootstrap"]["dcs"]["primary_stop_timeout"] = 3.into();
+    });
+    two_nodes(&mut c);
+    eventually(Duration::from_secs(60), "pg1 is the sync standby", || {
+        let v = c.patroni(0)?;
+        let rep = v.get("replication")?.as_array()?.clone();
+        rep.iter()
+            .any(|r| r.get("sync_state").and_then(|s| s.as_str()) == Some("sync"))
+            .then_some(())
+    });
+    psql(c.nodes[0].pg_port, "CREATE TABLE stop_t AS SELECT 1 AS v").unwrap();
+
+    // A suspended checkpointer never writes the shutdown checkpoint: a fast shutdown of
+    // pg0 would hang for pg_ctl_timeout (60 s) before the immediate stop.
+    let ckpt: i32 = psql(
+        c.nodes[0].pg_port,
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let pm = c.postmaster_pid(0).expect("pg0 postmaster");
+    let _resume = Resume(ckpt);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ckpt),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+
+    let t0 = Instant::now();
+    let (code, body) = http(
+        "POST",
+        c.nodes[0].api_port,
+        "/switchover",
+        Some(&json!({"leader": "pg0", "candidate": "pg1"})),
+    );
+    assert_eq!(code, 200, "{body}");
+    eventually(Duration::from_secs(60), "pg0's postmaster gone", || {
+        (!support::pid_running(pm)).then_some(())
+    });
+    let stopped = t0.elapsed();
+    eprintln!("pg0 stopped {stopped:?} after the switchover request (primary_stop_timeout 3 s)");
+    assert!(
+        stopped < Duration::from_secs(15),
+        "the stop was not cut short: {stopped:?}"
+    );
+    assert!(
+        c.log_of(0)
+            .contains("took longer than primary_stop_timeout (3s)"),
+        "{}",
+        c.log_of(0)
+    );
+    // The cluster recovers: pg1 leads with the data, pg0 rejoins as its replica.
+    assert_eq!(c.wait_primary(Duration::from_secs(60)), 1);
+    assert_eq!(
+        psql(c.nodes[1].pg_port, "SELECT v FROM stop_t").unwrap(),
+        "1"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !c.is_streaming(0) {
+        if Instant::now() > deadline {
+            let log = c.nodes[0].data_dir.join("log/postmaster.log");
+            eprintln!(
+                "pg0 postgres log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            let daemon = c.log_of(0);
+            let events: Vec<&str> = daemon
+                .lines()
+                .filter(|l| !l.contains("no action"))
+                .collect();
+            panic!(
+                "pg0 does not stream from pg1; daemon events:\n{}",
+                events.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("pg0 streaming again {:?} after the request", t0.elapsed());
+    eprintln!("scenario took {:?}", began.elapsed());
+}

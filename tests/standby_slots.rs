@@ -1,7 +1,8 @@
 //! Standby clusters and replication slots on real etcd + PostgreSQL 15:
 //! - a standby cluster follows a primary cluster through a permanent physical slot, keeps
 //!   following after a failover inside the standby cluster, and becomes a normal cluster
-//!   when `standby_cluster` is removed;
+//!   when `standby_cluster` is removed, and a standby cluster again (rewound from the
+//!   primary cluster) when it is added back;
 //! - a permanent logical slot survives a failover (copied to replicas, moved forward);
 //! - a permanent physical slot exists on every node;
 //! - a departed member's slot is kept for member_slots_ttl, then dropped.
@@ -65,6 +66,7 @@ fn wait_row(port: u16, id: i64, what: &str) {
 #[test]
 fn standby_cluster_follows_the_primary_cluster_through_a_failover() {
     let _g = serial();
+    let began = std::time::Instant::now();
     let mut p = Cluster::new(2, &FAST);
     p.edit_all_configs(|v| {
         set_bootstrap_dcs(v, "slots", json!({"standby_slot": {"type": "physical"}}));
@@ -139,6 +141,48 @@ fn standby_cluster_follows_the_primary_cluster_through_a_failover() {
         (s.primary() == Some(other)).then_some(())
     });
     psql(s.nodes[other].pg_port, "INSERT INTO t VALUES (100)").unwrap();
+
+    // demote-cluster: adding the section back turns the leader into a standby leader of
+    // the primary cluster again. It wrote on its own timeline meanwhile, so it is
+    // rewound from the remote primary before it can follow it.
+    let t0 = std::time::Instant::now();
+    let (code, body) = http(
+        "PATCH",
+        s.nodes[other].api_port,
+        "/config",
+        Some(&json!({"standby_cluster":
+            {"host": "127.0.0.1", "port": pport, "primary_slot_name": "standby_slot"}})),
+    );
+    assert_eq!(code, 200, "{body}");
+    psql(pport, "INSERT INTO t VALUES (4)").unwrap();
+    wait_row(
+        s.nodes[other].pg_port,
+        4,
+        "row 4 from the remote primary after demotion",
+    );
+    eprintln!(
+        "demoted and following the primary cluster after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(standby_leader(&s), Some(other));
+    assert_eq!(http_status(s.nodes[other].api_port, "/primary"), Some(503));
+    assert_eq!(s.role(other).as_deref(), Some("standby_leader"));
+    assert_eq!(
+        psql(
+            s.nodes[other].pg_port,
+            "SELECT count(*) FROM t WHERE id = 100"
+        )
+        .unwrap(),
+        "0",
+        "the row written on the standby cluster's own timeline is rewound away"
+    );
+    assert!(
+        s.log_of(other)
+            .contains("running pg_rewind from the remote primary"),
+        "{}",
+        s.log_of(other)
+    );
+    eprintln!("scenario took {:?}", began.elapsed());
 }
 
 #[test]

@@ -304,4 +304,6 @@ mod tests_lifecycle;
 #[cfg(test)]
 mod tests_slots;
 #[cfg(test)]
+mod tests_standby;
+#[cfg(test)]
 mod tests_timeouts;

@@ -43,6 +43,8 @@ pub struct LifecycleConfig {
     pub primary_start_timeout: u64,
     /// A member whose timeline is older than the cluster's (from `history`) may not lead.
     pub check_timeline: bool,
+    /// `primary_stop_timeout` (seconds, 0: unset); applied by the executor's stops.
+    pub primary_stop_timeout: u64,
 }
 
 impl Default for LifecycleConfig {
@@ -50,6 +52,7 @@ impl Default for LifecycleConfig {
         LifecycleConfig {
             primary_start_timeout: 300,
             check_timeline: false,
+            primary_stop_timeout: 0,
         }
     }
 }

@@ -37,12 +37,9 @@ pub(super) fn not_running(obs: &Observation, cluster: &Cluster, mem: &mut Memory
     }
     match cluster.leader_name() {
         Some(leader) if leader == me && super::standby::remote(obs).is_some() => {
+            // A former primary (demote-cluster) is checked against the remote first.
             let sc = super::standby::remote(obs).expect("checked");
-            if was_primary(&control) {
-                // demote-cluster while PostgreSQL was down: it comes back as the standby leader.
-                mem.divergence = None;
-            }
-            super::standby::start_standby_leader(obs, sc)
+            super::standby::start_standby_leader(obs, mem, sc, was_primary(&control))
         }
         Some(leader) if leader == me => {
             if was_primary(&control) {
@@ -145,6 +142,9 @@ fn start_following(
         let src = cascade::stream_source(obs, cluster, &up.member);
         return start_standby(obs, cluster, src, "starting as a secondary".into());
     }
+    if let Some(d) = leader_not_promoted_yet(obs, cluster, &up) {
+        return d;
+    }
     let checked = mem
         .divergence
         .as_ref()
@@ -213,6 +213,31 @@ fn start_following(
             )
         }
     }
+}
+
+/// A leader that holds the key but still runs as a replica (a switchover candidate
+/// promoting) is on the old timeline: a divergence check now would find none and its
+/// answer would be stale once the promotion forks the timeline. Wait, as upstream does,
+/// until its member key says primary.
+fn leader_not_promoted_yet(
+    obs: &Observation,
+    cluster: &Cluster,
+    up: &UpstreamConn,
+) -> Option<Decision> {
+    let role = cluster.member(&up.member)?.data.role;
+    if !matches!(role, Role::Replica | Role::Demoted | Role::Promoted) {
+        return None;
+    }
+    Some(decision(
+        obs,
+        format!(
+            "waiting for leader '{}' to finish its promotion before checking whether my timeline diverged",
+            up.member
+        ),
+        vec![],
+        Role::Replica,
+        PgState::Stopped,
+    ))
 }
 
 fn start_standby(

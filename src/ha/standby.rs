@@ -3,7 +3,7 @@
 //! replicas cascade from it. Removing the section promotes it (the normal leader path);
 //! adding it to a normal cluster turns the primary into a standby leader.
 
-use super::{Action, Branch, Decision, Job, Memory, Observation, decision};
+use super::{Action, Branch, Decision, Divergence, Job, Memory, Observation, decision};
 use crate::dcs::{Cluster, PgState, Role};
 use crate::postgres::settings::StandbyClusterSettings;
 use crate::postgres::types::{ConfigRole, REMOTE_PRIMARY, SqlObservation, StopMode, UpstreamConn};
@@ -134,17 +134,15 @@ pub(super) fn leader_cycle(
         );
         (b, Role::Primary)
     } else if !sql.in_recovery {
-        // demote-cluster (upstream 4.x): keep the key, restart as a standby of the remote.
-        let actions = vec![
-            Action::Stop {
-                mode: StopMode::Fast,
-            },
-            Action::StartJob(Job::Start {
-                role: remote_role(sc),
-            }),
-        ];
+        // demote-cluster (upstream 4.x): keep the key and stop; the next cycle (down,
+        // with the key) checks our timeline against the remote, rewinds if we wrote on
+        // our own timeline meanwhile, and starts as the standby leader.
+        mem.divergence = None;
+        let actions = vec![Action::Stop {
+            mode: StopMode::Fast,
+        }];
         let msg = format!(
-            "demoting to a standby cluster: restarting as the standby leader following {}",
+            "demoting to a standby cluster: stopping to restart as the standby leader following {}",
             sc.describe()
         );
         (Branch::new(msg, actions), Role::StandbyLeader)
@@ -183,14 +181,25 @@ pub(super) fn leader_cycle(
     d
 }
 
-/// The leader key is ours but PostgreSQL is down: start it as the standby leader.
-pub(super) fn start_standby_leader(obs: &Observation, sc: &StandbyCluster) -> Decision {
-    let held = Branch::new(
-        format!("starting the standby leader following {}", sc.describe()),
-        vec![Action::StartJob(Job::Start {
-            role: remote_role(sc),
-        })],
-    )
+/// The leader key is ours but PostgreSQL is down: start it as the standby leader. A data
+/// directory that was a primary (demote-cluster) may have written on its own timeline: it
+/// is checked against the remote primary first and rewound from it if it diverged, as
+/// upstream does before following the remote member.
+pub(super) fn start_standby_leader(
+    obs: &Observation,
+    mem: &mut Memory,
+    sc: &StandbyCluster,
+    was_primary: bool,
+) -> Decision {
+    let held = match standby_leader_step(obs, mem, sc, was_primary) {
+        Some(b) => b,
+        None => Branch::new(
+            format!("starting the standby leader following {}", sc.describe()),
+            vec![Action::StartJob(Job::Start {
+                role: remote_role(sc),
+            })],
+        ),
+    }
     .with_role(Role::StandbyLeader);
     let lost = Branch::new("lost the leader lock while PostgreSQL was down", vec![]);
     decision(
@@ -200,6 +209,60 @@ pub(super) fn start_standby_leader(obs: &Observation, sc: &StandbyCluster) -> De
         Role::StandbyLeader,
         PgState::Stopped,
     )
+}
+
+/// The divergence check / rewind that must come before starting a former primary as the
+/// standby leader; `None` when it may start now.
+fn standby_leader_step(
+    obs: &Observation,
+    mem: &mut Memory,
+    sc: &StandbyCluster,
+    was_primary: bool,
+) -> Option<Branch> {
+    let up = sc.upstream();
+    if !was_primary || sc.host.is_empty() {
+        return None;
+    }
+    let checked = mem
+        .divergence
+        .as_ref()
+        .filter(|(u, _)| *u == up)
+        .map(|(_, d)| d.clone());
+    let job = |job: Job, msg: String| Branch::new(msg, vec![Action::StartJob(job)]);
+    match checked {
+        None => Some(job(
+            Job::CheckDivergence { from: up },
+            format!(
+                "checking whether my timeline diverged from the remote primary {}",
+                sc.describe()
+            ),
+        )),
+        Some(Divergence::NotDiverged) => None,
+        Some(Divergence::Diverged(why)) if obs.config.use_pg_rewind && !mem.rewind_failed => {
+            Some(job(
+                Job::Rewind { from: up },
+                format!(
+                    "running pg_rewind from the remote primary {} ({why})",
+                    sc.describe()
+                ),
+            ))
+        }
+        Some(Divergence::Diverged(why)) => Some(Branch::new(
+            format!(
+                "my timeline diverged from the remote primary {} ({why}); not starting \
+                 (enable use_pg_rewind)",
+                sc.describe()
+            ),
+            vec![],
+        )),
+        Some(Divergence::Unknown(why)) => {
+            mem.divergence = None;
+            Some(Branch::new(
+                format!("could not check timeline divergence ({why}); will retry"),
+                vec![],
+            ))
+        }
+    }
 }
 
 /// Won the initialize race in a standby cluster: clone the remote primary instead of initdb.

@@ -472,6 +472,26 @@ fn former_primary_checks_divergence_then_rewinds() {
 }
 
 #[test]
+fn former_primary_waits_for_a_promoting_leader_before_the_divergence_check() {
+    // pg1 holds the key but its member key still says replica (promotion running): a
+    // check now would compare against the old timeline and wrongly find no divergence.
+    let mut c = cluster(Some("pg1"));
+    c.members[1].data.role = crate::dcs::Role::Replica;
+    let d = decide(
+        &obs(c.clone(), stopped_pg("in production")),
+        &mut Memory::default(),
+    );
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(d.message.contains("finish its promotion"), "{}", d.message);
+    c.members[1].data.role = crate::dcs::Role::Primary;
+    let d = decide(&obs(c, stopped_pg("in production")), &mut Memory::default());
+    assert!(
+        matches!(only(&d), Action::StartJob(Job::CheckDivergence { .. })),
+        "{d:?}"
+    );
+}
+
+#[test]
 fn clean_replica_starts_without_check() {
     let d = run(&obs(
         cluster(Some("pg1")),

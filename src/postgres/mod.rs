@@ -13,6 +13,7 @@ pub mod process;
 pub mod replica_methods;
 pub mod settings;
 pub mod sql;
+pub mod stop_plan;
 pub mod types;
 
 mod admin;

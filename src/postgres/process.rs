@@ -160,6 +160,42 @@ async fn poll_exit(pid: u32) {
     }
 }
 
+/// SIGKILL a postmaster and its children, as upstream's abort of a stop that ran too
+/// long: the postmaster is suspended first so it cannot fork while its children are listed.
+pub fn kill_process_tree(pid: u32) {
+    use nix::sys::signal::{Signal, kill};
+    let p = nix::unistd::Pid::from_raw(pid as i32);
+    if let Err(e) = kill(p, Signal::SIGSTOP) {
+        tracing::warn!("cannot suspend postmaster {pid}: {e}");
+    }
+    let children = children_of(pid);
+    tracing::warn!(
+        "sending SIGKILL to postmaster {pid} and its {} children",
+        children.len()
+    );
+    let _ = kill(p, Signal::SIGKILL);
+    for c in children {
+        let _ = kill(nix::unistd::Pid::from_raw(c as i32), Signal::SIGKILL);
+    }
+}
+
+/// PIDs whose parent is `pid` (from /proc/<pid>/stat).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|c| parent_of(*c) == Some(pid))
+        .collect()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Last lines of the postmaster log, for start failures.
 pub fn log_tail(path: &Path) -> String {
     std::fs::read_to_string(path)

@@ -377,6 +377,7 @@ impl Runtime {
             lifecycle: ha::LifecycleConfig {
                 primary_start_timeout: self.dynamic.primary_start_timeout,
                 check_timeline: self.dynamic.check_timeline,
+                primary_stop_timeout: self.dynamic.primary_stop_timeout,
             },
             sync: ha::sync::SyncConfig::from_value(
                 &self.dynamic.synchronous_mode,
@@ -534,11 +535,22 @@ impl Runtime {
         let mut st = (**self.status.borrow()).clone();
         st.role = Role::Demoted;
         self.status.send_replace(Arc::new(st));
-        let timeout = Duration::from_secs(self.local.postgresql.pg_ctl_timeout.max(1));
         let was_running = self.pg.postmaster_pid().is_some();
-        if let Err(e) = self.pg.stop(StopMode::Fast, timeout).await {
-            warn!("fast shutdown failed ({e}); using immediate");
-            let _ = self.pg.stop(StopMode::Immediate, timeout).await;
+        let timeouts = crate::postgres::stop_plan::StopTimeouts {
+            pg_ctl_timeout: self.local.postgresql.pg_ctl_timeout,
+            retry_timeout: self.dynamic.retry_timeout,
+            primary_stop_timeout: self.dynamic.primary_stop_timeout,
+            synchronous: self.dynamic.synchronous_enabled(),
+            standby_cluster: self.dynamic.standby_cluster.is_some(),
+        };
+        let plan = crate::postgres::stop_plan::stop_plan(
+            StopMode::Fast,
+            crate::postgres::stop_plan::StopReason::Shutdown,
+            &timeouts,
+            self.memory.has_lock,
+        );
+        if let Err(e) = self.pg.stop_planned(&plan).await {
+            warn!("stopping PostgreSQL failed: {e}");
         }
         self.watchdog.disable();
         if let Some(f) = self.fence.take() {
