@@ -121,8 +121,11 @@ fn stopped_answering(c: &Cluster, i: usize, within: Duration) -> DateTime<Utc> {
     let deadline = Instant::now() + within;
     let mut first_failure: Option<DateTime<Utc>> = None;
     while Instant::now() < deadline {
+        let result = psql(c.nodes[i].pg_port, "SELECT 1");
+        // Taken after the probe: a probe that began just before the stop and failed during
+        // it must not date the stop before it happened.
         let t = Utc::now();
-        match psql(c.nodes[i].pg_port, "SELECT 1") {
+        match result {
             Ok(_) => first_failure = None,
             Err(_) => match first_failure {
                 Some(f) => return f,
