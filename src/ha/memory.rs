@@ -39,4 +39,12 @@ impl Memory {
         self.divergence = None;
         self.rewind_failed = false;
     }
+
+    /// The last divergence check's answer, if it was made against `up`.
+    pub fn divergence_from(&self, up: &UpstreamConn) -> Option<Divergence> {
+        self.divergence
+            .as_ref()
+            .filter(|(u, _)| u == up)
+            .map(|(_, d)| d.clone())
+    }
 }

@@ -145,11 +145,7 @@ fn start_following(
     if let Some(d) = leader_not_promoted_yet(obs, cluster, &up) {
         return d;
     }
-    let checked = mem
-        .divergence
-        .as_ref()
-        .filter(|(u, _)| *u == up)
-        .map(|(_, d)| d.clone());
+    let checked = mem.divergence_from(&up);
     let job_decision = |job, msg: String| {
         decision(
             obs,

@@ -223,11 +223,7 @@ fn standby_leader_step(
     if !was_primary || sc.host.is_empty() {
         return None;
     }
-    let checked = mem
-        .divergence
-        .as_ref()
-        .filter(|(u, _)| *u == up)
-        .map(|(_, d)| d.clone());
+    let checked = mem.divergence_from(&up);
     let job = |job: Job, msg: String| Branch::new(msg, vec![Action::StartJob(job)]);
     match checked {
         None => Some(job(

@@ -48,17 +48,27 @@ pub fn due(scheduled_at: Option<&str>, wall_ms: i64, loop_wait_s: u64) -> Due {
     let Some(s) = scheduled_at else {
         return Due::Now;
     };
-    let Some(at) = parse_scheduled_at(s) else {
-        return Due::Stale(format!("cannot parse scheduled_at '{s}'"));
-    };
-    let delta_ms = at.timestamp_millis() - wall_ms;
+    match parse_scheduled_at(s) {
+        Some(at) => due_at(
+            at.timestamp_millis(),
+            || s.to_string(),
+            wall_ms,
+            loop_wait_s,
+        ),
+        None => Due::Stale(format!("cannot parse scheduled_at '{s}'")),
+    }
+}
+
+/// `due` for a moment already parsed (`at_ms`, shown as `shown()` in messages).
+pub fn due_at(at_ms: i64, shown: impl Fn() -> String, wall_ms: i64, loop_wait_s: u64) -> Due {
+    let delta_ms = at_ms - wall_ms;
     let lw_ms = loop_wait_s as i64 * 1000;
     if delta_ms > lw_ms {
-        Due::Later(format!("at {s} (in {} seconds)", delta_ms / 1000))
+        Due::Later(format!("at {} (in {} seconds)", shown(), delta_ms / 1000))
     } else if delta_ms > 0 {
         Due::Soon(delta_ms as u64)
     } else if delta_ms < -(lw_ms * 3 / 2) {
-        Due::Stale(format!("scheduled at {s}, which has passed"))
+        Due::Stale(format!("scheduled at {}, which has passed", shown()))
     } else {
         Due::Now
     }

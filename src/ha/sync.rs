@@ -115,14 +115,14 @@ struct Candidate {
 /// without need is not free: every switch narrows the `sync` key for a cycle, and a fault
 /// in that window leaves no member that may be promoted. After `sync_priority`, members
 /// that may fail over come before `nofailover` ones, then the most WAL received.
-pub fn pick(
+fn pick(
     obs: &Observation,
     cluster: &Cluster,
     sql: &SqlObservation,
+    key: &KeyView,
     limit: usize,
 ) -> Vec<String> {
     let cfg = &obs.config.sync;
-    let key = key_view(cluster, &obs.config.name);
     let mut cands: Vec<Candidate> = sql
         .replication
         .iter()
@@ -232,7 +232,7 @@ pub fn leader_actions(obs: &Observation, cluster: &Cluster) -> (Vec<Action>, boo
     } else {
         cfg.node_count
     };
-    let picked = pick(obs, cluster, sql, limit);
+    let picked = pick(obs, cluster, sql, &key, limit);
     let picked_l = lower(&picked);
     // Acknowledgements each commit waits for under the wanted setting.
     let acks = if quorum_mode {

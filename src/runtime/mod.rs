@@ -51,7 +51,7 @@ pub struct Runtime {
     /// Watchdog mode is required and the device failed: published, and we do not lead.
     watchdog_failed: bool,
     /// Boot-clock ms before the last leader-key write that succeeded (fencing deadline).
-    lease_written_boot_ms: u64,
+    lease_written_boot_ms: Option<u64>,
 }
 
 impl Runtime {
@@ -91,7 +91,7 @@ impl Runtime {
             fence: None,
             watchdog,
             watchdog_failed: false,
-            lease_written_boot_ms: 0,
+            lease_written_boot_ms: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -284,16 +284,13 @@ impl Runtime {
         if outcome.promotion_cancelled {
             self.memory.pre_promote_failed_ms = Some(obs.now_ms);
         }
-        if let Some(t) = outcome.lease_written_boot_ms {
-            self.lease_written_boot_ms = t;
-        }
+        self.lease_written_boot_ms = outcome.lease_written_boot_ms.or(self.lease_written_boot_ms);
         // The fencing deadline runs from the last lease write that succeeded; in a DCS
         // outage the core only keeps leading after a failsafe round every member accepted
         // this cycle, which is then the proof.
-        let fence_from = match &obs.dcs {
-            DcsView::Ok(_) if self.lease_written_boot_ms > 0 => self.lease_written_boot_ms,
-            DcsView::Ok(_) => cycle_boot_ms,
-            DcsView::Unreachable(_) => cycle_boot_ms,
+        let fence_from = match (&obs.dcs, self.lease_written_boot_ms) {
+            (DcsView::Ok(_), Some(t)) => t,
+            _ => cycle_boot_ms,
         };
         self.after_cycle_safety(&obs, outcome.role, fence_from);
         if decision.touch_member {

@@ -79,8 +79,15 @@ pub fn step(
             "Cancelling scheduled restart: postgres restart has already happened at {now}"
         ));
     }
-    let at = r.schedule.map(|t| t.to_rfc3339());
-    match switchover::due(at.as_deref(), wall_ms, loop_wait_s) {
+    let Some(at) = r.schedule else {
+        return Step::Fire;
+    };
+    match switchover::due_at(
+        at.timestamp_millis(),
+        || at.to_rfc3339(),
+        wall_ms,
+        loop_wait_s,
+    ) {
         switchover::Due::Later(_) => Step::Wait(None),
         switchover::Due::Soon(ms) => Step::Wait(Some(ms)),
         switchover::Due::Stale(why) => {
